@@ -28,8 +28,11 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "Assert", "SaveV2", "R
                           "PlaceholderWithDefault"})
 
 
-def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
-    """Parse a binary GraphDef file; a clear ModelError if it is not one."""
+def read_graph_def(path: str | os.PathLike, importable: bool = True) -> graph_pb2.GraphDef:
+    """Parse a binary GraphDef file; a clear ModelError if it is not one.
+
+    `importable` also imports it into TensorFlow (off for graphs with Ascend op types, which
+    stock TensorFlow does not know)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -48,7 +51,8 @@ def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     if not graph_def.node or any(not n.op or not n.name for n in graph_def.node):
         raise ModelError(f"{path}: not a TensorFlow GraphDef (no nodes, or nodes without an op); "
                          "the file is corrupt or in another format")
-    _check_importable(graph_def, str(path))
+    if importable:
+        _check_importable(graph_def, str(path))
     return graph_def
 
 

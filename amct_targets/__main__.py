@@ -1,0 +1,5 @@
+import sys
+
+from amct_targets.cli import main
+
+sys.exit(main())

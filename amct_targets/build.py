@@ -1,0 +1,228 @@
+"""Build: load once, plan every target before any work, run each plan, emit atomically.
+
+Every target's folder is written inside one staging folder under the output folder and
+renamed into place only when all targets succeeded, so an error leaves no partial output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from amct_targets.config import load_build_config
+from amct_targets.data import as_input_arrays, load_training
+from amct_targets.deploy import atc as atc_mod
+from amct_targets.deploy.check import has_errors
+from amct_targets.errors import AmctError, ConfigError, PluginError
+from amct_targets.graph.load import load_model
+from amct_targets.graph.model import Model
+from amct_targets.passes.base import PassContext
+from amct_targets.planner import Plan, make_plan, pass_options
+
+REPORT_NAME, SCRIPT_NAME = "report.json", "atc.sh"
+
+
+@dataclass
+class TargetBuild:
+    target: str
+    folder: Path
+    report: dict
+
+
+def input_sha256(source: Any, model: Model) -> str:
+    """Hash of the input as given: file bytes, SavedModel folder files, or the frozen graph."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            digest.update(file.read_bytes())
+        return digest.hexdigest()
+    return model.sha256()
+
+
+def _safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    return stem
+
+
+def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: Path):
+    """Run the RUN steps of `plan`; returns (model, pass entries for the report)."""
+    entries = []
+    for step in plan.steps:
+        entry = {"name": step.name, "plugin": step.plugin, "status": "skipped",
+                 "reason": step.reason, "layers": [], "seconds": 0.0}
+        if step.warnings:
+            entry["warnings"] = list(step.warnings)
+        if step.status == "RUN":
+            registered = session.plugins.passes.get(step.name)
+            ctx = PassContext(profile=profile, config=pass_options(config, step.name),
+                              calibration=data.get("calibration"), training=data.get("training"),
+                              artifacts_dir=folder,
+                              progress=lambda msg, n=step.name: session.progress(
+                                  f"{profile.name}: {n}: {msg}"))
+            session.progress(f"{profile.name}: running {step.name}")
+            started = time.perf_counter()
+            try:
+                result = registered.impl.apply(model, ctx)
+            except AmctError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"pass '{step.name}' (plugin '{step.plugin}') failed on target "
+                                  f"{profile.name}: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(result, Model):
+                raise PluginError(f"pass '{step.name}' (plugin '{step.plugin}') returned "
+                                  f"{type(result).__name__}, not a Model")
+            model = result
+            entry.update(status="ran", layers=ctx.report.layers,
+                         seconds=round(time.perf_counter() - started, 3))
+            if ctx.report.metrics:
+                entry["metrics"] = ctx.report.metrics
+            if ctx.report.notes:
+                entry["notes"] = ctx.report.notes
+        entries.append(entry)
+    return model, entries
+
+
+def check_graph(session, graph_def, profile, input_specs) -> list:
+    findings = []
+    for _plugin, result in session.plugins.call_each("check_model", graph_def=graph_def,
+                                                      profile=profile, input_specs=input_specs):
+        findings += list(result)
+    return findings
+
+
+def emit_target(session, source_model: Model, profile, plan: Plan, config, data, staging: Path,
+                final_dir: Path, sha: str) -> TargetBuild:
+    folder = staging / profile.name
+    folder.mkdir()
+    model, entries = run_plan(session, source_model, profile, plan, config, data, folder)
+    model, notes = atc_mod.static_batch(model)
+    stem = _safe_stem(source_model.name)
+    pb_name = f"{stem}.pb"
+    (folder / pb_name).write_bytes(model.serialize())
+    findings = check_graph(session, model.graph_def, profile, model.inputs)
+    extra = [flag for _p, flags in session.plugins.call_each(
+        "atc_options", profile=profile, plan=plan, model=model) for flag in flags]
+    final = final_dir / profile.name
+    argv = atc_mod.atc_argv(profile, model, str(final / pb_name), str(final / stem), extra)
+    script = folder / SCRIPT_NAME
+    script.write_text(atc_mod.atc_script(argv, profile), encoding="utf-8")
+    script.chmod(0o755)
+    report = {
+        "target": profile.name,
+        "display_name": profile.display_name,
+        "soc_version": profile.soc_version,
+        "input": source_model.source,
+        "input_sha256": sha,
+        "pb_sha256": hashlib.sha256((folder / pb_name).read_bytes()).hexdigest(),
+        "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape or [])}
+                   for s in model.inputs],
+        "outputs": list(model.outputs),
+        "passes": entries,
+        "artifacts": {"pb": pb_name, "atc_script": SCRIPT_NAME, "report": REPORT_NAME},
+        "atc_command": atc_mod.shell_command(argv),
+        "atc_argv": argv,
+        "checks": [f.to_json() for f in findings],
+        "notes": notes,
+        "metrics": {"nodes_before": len(source_model.graph_def.node),
+                    "nodes_after": len(model.graph_def.node),
+                    "check_errors": sum(f.severity == "error" for f in findings),
+                    "check_warnings": sum(f.severity == "warning" for f in findings)},
+    }
+    session.plugins.call_each("build_finished", report=report, target_dir=folder)
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return TargetBuild(profile.name, final, report)
+
+
+def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs):
+    config, where = load_build_config(config)
+    model = load_model(model_source, outputs=outputs, input_shapes=input_shapes)
+    data = {}
+    if calib is not None:
+        data["calibration"] = as_input_arrays(calib, model, "calibration data",
+                                              str(calib) if isinstance(calib, (str, os.PathLike))
+                                              else "calibration data")
+    if train is not None:
+        data["training"] = load_training(train, model, str(train) if isinstance(
+            train, (str, os.PathLike)) else "training data")
+    return model, config, where, data
+
+
+def build(session, model_source, targets: Iterable[str], *, calib=None, train=None,
+          config: str | Mapping | None = None, output_dir="amct_out",
+          input_shapes: Mapping | None = None, outputs=None) -> list[TargetBuild]:
+    profiles = session.profiles.select(list(targets))
+    if not profiles:
+        raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
+    model, config, where, data = prepare_inputs(session, model_source, calib=calib, train=train,
+                                                config=config, input_shapes=input_shapes,
+                                                outputs=outputs)
+    given = {kind: kind in data for kind in ("calibration", "training")}
+    plans = {p.name: make_plan(model, p, session.plugins, config, data=given, config_source=where)
+             for p in profiles}
+    sha = input_sha256(model_source, model)
+    out = Path(output_dir)
+    created = _make_output_dir(out)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".amct-staging-", dir=out))
+    except OSError as exc:
+        _remove_if_created(out, created)
+        raise AmctError(f"{out}: cannot write to the output folder ({exc.strerror}); choose "
+                        "another with --output") from None
+    try:
+        results = []
+        for index, profile in enumerate(profiles, 1):
+            session.progress(f"[{index}/{len(profiles)}] building for {profile.name}")
+            results.append(emit_target(session, model, profile, plans[profile.name], config,
+                                       data, staging, out.resolve(), sha))
+        for result in results:
+            _replace_dir(staging / result.target, out / result.target, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_created(out, created)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def _make_output_dir(out: Path) -> list[Path]:
+    """Create `out` and missing parents; return what was created (to undo on failure)."""
+    created = []
+    for folder in reversed([out, *out.parents]):
+        if folder.exists():
+            if not folder.is_dir():
+                raise AmctError(f"{out}: cannot create the output folder: {folder} is a file; "
+                                "choose another with --output")
+            continue
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            _remove_if_created(out, created)
+            raise AmctError(f"{out}: cannot create the output folder ({exc.strerror}); choose "
+                            "another with --output") from None
+        created.append(folder)
+    return created
+
+
+def _remove_if_created(out: Path, created: list[Path]) -> None:
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _replace_dir(new: Path, final: Path, staging: Path) -> None:
+    if final.exists():
+        old = staging / f".old-{final.name}"
+        os.replace(final, old)
+    os.replace(new, final)

@@ -1,0 +1,112 @@
+"""Calibration and training data: read `.npz`/`.npy` (nothing unpickled) or Python objects, and
+check them against the model's inputs before any work."""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from amct_targets.errors import ConfigError
+from amct_targets.graph.model import Model, TensorSpec
+
+LABEL_KEY = "y"
+
+
+def read_arrays(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz (by key) or .npy (key ''), with allow_pickle off."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} file; give an .npz keyed by input name or an .npy")
+    try:
+        if path.suffix.lower() == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ConfigError(f"{path}: not a readable {what} file (.npz or .npy without pickled "
+                          f"objects): {exc}") from None
+
+
+def as_input_arrays(source: Any, model: Model, what: str, where: str,
+                    allow_extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Map data to the model's inputs, checking shape, dtype and finiteness.
+
+    `source`: path, array, {name: array}. A single-input model accepts any one key.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        arrays = read_arrays(source, what)
+    elif isinstance(source, Mapping):
+        arrays = {str(k): np.asarray(v) for k, v in source.items()}
+    elif isinstance(source, np.ndarray) or not hasattr(source, "__iter__"):
+        arrays = {"": np.asarray(source)}
+    else:
+        arrays = _concat_batches(source, what, where)
+    extras = {k: arrays.pop(k) for k in allow_extra if k in arrays}
+    specs = list(model.inputs)
+    if len(specs) == 1 and len(arrays) == 1:
+        arrays = {specs[0].name: next(iter(arrays.values()))}
+    names = {s.name for s in specs}
+    unknown = sorted(set(arrays) - names)
+    missing = sorted(names - set(arrays))
+    if unknown or missing:
+        raise ConfigError(f"{where}: {what} keys {sorted(arrays)} do not match the model's "
+                          f"inputs {sorted(names)}" + (f"; missing {missing}" if missing else ""))
+    result = {spec.name: _check_array(arrays[spec.name], spec, what, where) for spec in specs}
+    lengths = {len(a) for a in result.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"{where}: {what} arrays have different sample counts {sorted(lengths)}")
+    result.update(extras)
+    return result
+
+
+def _concat_batches(batches, what: str, where: str) -> dict[str, np.ndarray]:
+    """Batches from an iterable or tf.data.Dataset: arrays, or {name: array} each."""
+    collected: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        items = batch.items() if isinstance(batch, Mapping) else [("", batch)]
+        for key, value in items:
+            collected.setdefault(str(key), []).append(np.asarray(value))
+    if not collected:
+        raise ConfigError(f"{where}: the {what} iterable yielded no batches")
+    return {key: np.concatenate(parts) for key, parts in collected.items()}
+
+
+def _check_array(array: np.ndarray, spec: TensorSpec, what: str, where: str) -> np.ndarray:
+    label = f"{where}: {what} for input '{spec.name}'"
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(f"{label}: dtype {array.dtype} is not numeric")
+    if spec.shape is not None:
+        if array.ndim != len(spec.shape):
+            raise ConfigError(f"{label}: shape {array.shape} has rank {array.ndim}; the input "
+                              f"expects ({spec.shape_text()}) with the batch dimension first")
+        for got, want in zip(array.shape[1:], spec.shape[1:]):
+            if want is not None and got != want:
+                raise ConfigError(f"{label}: shape {array.shape} does not fit the input's "
+                                  f"({spec.shape_text()})")
+    if len(array) == 0:
+        raise ConfigError(f"{label}: no samples")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ConfigError(f"{label}: {bad} value(s) are NaN or infinite; clean the data")
+    return array.astype(spec.dtype) if spec.dtype in ("float16", "float32", "float64") else array
+
+
+def load_training(source: Any, model: Model, where: str) -> dict[str, np.ndarray]:
+    """Training data: the model's inputs plus labels under key `y`."""
+    if isinstance(source, (str, os.PathLike)):
+        arrays = read_arrays(source, "training")
+    elif isinstance(source, Mapping):
+        arrays = dict(source)
+    else:
+        return source  # a tf.data.Dataset or iterable is taken as it is
+    if LABEL_KEY not in arrays:
+        raise ConfigError(f"{where}: training data has no labels; store them under key "
+                          f"'{LABEL_KEY}' beside the inputs")
+    data = as_input_arrays(arrays, model, "training data", where, allow_extra=(LABEL_KEY,))
+    first = next(v for k, v in data.items() if k != LABEL_KEY)
+    if len(data[LABEL_KEY]) != len(first):
+        raise ConfigError(f"{where}: {len(data[LABEL_KEY])} labels for {len(first)} samples")
+    return data

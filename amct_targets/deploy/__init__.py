@@ -1,0 +1,1 @@
+"""Everything about the deployed artifact: ATC command line and ATC-readiness checks."""

@@ -1,0 +1,78 @@
+"""The exact `atc` command that compiles an emitted .pb for one chip, shell-quoted.
+
+Also a built-in plugin: its `atc_options` hook adds the profile's capability flags
+(e.g. `--sparsity=1` when a pass needing `sparsity_4of2` ran).
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Iterable
+
+from amct_targets.graph.model import Model, TensorSpec
+from amct_targets.hooks import hookimpl
+
+
+@hookimpl
+def atc_options(profile, plan, model):
+    ran = {cap for step in plan.running() for cap in step.requires}
+    flags = []
+    for capability, capability_flags in sorted(profile.atc.get("capability_flags", {}).items()):
+        if capability in ran:
+            flags += list(capability_flags)
+    return flags
+
+
+def atc_input_shape(inputs: Iterable[TensorSpec]) -> str:
+    """ATC's --input_shape value: `name:d0,d1,...;name2:...`."""
+    return ";".join(f"{spec.name}:{spec.shape_text()}" for spec in inputs)
+
+
+def static_batch(model: Model) -> tuple[Model, list[str]]:
+    """Give an unknown leading (batch) dimension the value 1, as ATC needs static shapes.
+
+    Returns the model with updated input specs and a note per input changed.
+    """
+    specs, notes = [], []
+    for spec in model.inputs:
+        if spec.shape and spec.shape[0] is None:
+            spec = TensorSpec(spec.name, spec.dtype, (1,) + tuple(spec.shape[1:]))
+            notes.append(f"input '{spec.name}': unknown batch dimension set to 1 for ATC; "
+                         "choose another with --input-shape")
+        specs.append(spec)
+    return model.replace(inputs=tuple(specs)), notes
+
+
+def _flag_key(flag: str) -> str:
+    return flag.split("=", 1)[0]
+
+
+def atc_argv(profile, model: Model, pb_path: str, output_prefix: str,
+             extra_flags: Iterable[str] = ()) -> list[str]:
+    """The atc argument vector; later flags with the same name as an earlier one are dropped."""
+    atc = profile.atc
+    argv = ["atc", f"--model={pb_path}", f"--framework={atc.get('framework', 3)}",
+            f"--output={output_prefix}", f"--soc_version={profile.soc_version}"]
+    if model.inputs:
+        argv.append(f"--input_shape={atc_input_shape(model.inputs)}")
+    argv.append(f"--input_format={atc.get('input_format', 'NHWC')}")
+    argv.append(f"--out_nodes={';'.join(model.outputs)}")
+    argv.append(f"--precision_mode={atc.get('precision_mode', 'force_fp16')}")
+    seen = {_flag_key(a) for a in argv[1:]}
+    for flag in list(atc.get("extra_flags", [])) + list(extra_flags):
+        if _flag_key(flag) not in seen:
+            argv.append(flag)
+            seen.add(_flag_key(flag))
+    return argv
+
+
+def shell_command(argv: Iterable[str]) -> str:
+    """One shell line in which every argument stays literal (spaces, quotes, ;, $())."""
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def atc_script(argv: list[str], profile) -> str:
+    return ("#!/bin/sh\n"
+            f"# Compile for {profile.display_name} (soc_version {profile.soc_version}) with ATC "
+            "from the CANN toolkit.\n"
+            "set -e\n"
+            f"{shell_command(argv)}\n")
