@@ -1,0 +1,1 @@
+"""Device profiles shipped by the example plugin."""
