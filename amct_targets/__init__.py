@@ -48,7 +48,7 @@ def load_target(name: str, *, plugins: Iterable[str] = (), targets_dirs: Iterabl
 def plan(model: Any, target: str, config: str | Mapping | None = None, *, calib: Any = None,
          train: Any = None, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()):
     """The Plan for `model` on `target`: each pass RUN or SKIP with its reason."""
-    from amct_targets.build import prepare_inputs
+    from amct_targets.builder import prepare_inputs
     from amct_targets.planner import make_plan
 
     session = _session(plugins, targets_dirs)
@@ -65,7 +65,7 @@ def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
           outputs: Iterable[str] | None = None, plugins: Iterable[str] = (),
           targets_dirs: Iterable[str] = (), progress: bool = False) -> dict[str, dict]:
     """Compress `model` for each target; returns {target: report dict}."""
-    from amct_targets.build import build as run_build
+    from amct_targets.builder import build as run_build
 
     targets = [target_or_targets] if isinstance(target_or_targets, str) else list(target_or_targets)
     session = _session(plugins, targets_dirs, quiet=not progress)
@@ -85,7 +85,7 @@ def load_simulation(pb: str | _os.PathLike, outputs: Iterable[str] | None = None
 def check(pb: str | _os.PathLike, target: str, *, input_shapes: Mapping | None = None,
           plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()) -> list:
     """ATC-readiness findings (severity, code, node, message) for a .pb on a target."""
-    from amct_targets.build import check_graph
+    from amct_targets.builder import check_graph
     from amct_targets.graph.load import placeholder_specs, read_graph_def
     from amct_targets.graph.model import Model
     from amct_targets.graph.load import apply_input_shapes

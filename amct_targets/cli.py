@@ -131,7 +131,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from amct_targets.build import build
+    from amct_targets.builder import build
     from amct_targets.demo import demo_paths
     from amct_targets.graph.load import parse_input_shapes
 

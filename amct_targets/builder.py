@@ -40,11 +40,12 @@ def input_sha256(source: Any, model: Model) -> str:
     """Hash of the input as given: file bytes, SavedModel folder files, or the frozen graph."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_file():
+            return hashlib.sha256(path.read_bytes()).hexdigest()
         digest = hashlib.sha256()
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-            digest.update(file.read_bytes())
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
         return digest.hexdigest()
     return model.sha256()
 
