@@ -88,7 +88,7 @@ def call_impls(pm: pluggy.PluginManager, hook_name: str, kwargs: dict, on_impl=N
     that raises. AMCT_TARGETS_TRACE_PLUGINS prints each call to stderr."""
     trace = bool(os.environ.get(TRACE_ENV))
     results = []
-    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order
         if on_impl is not None:
             on_impl(impl.plugin_name)
         if trace:
@@ -154,7 +154,8 @@ def load_plugins(extra: Iterable[str] = (), autoload: bool | None = None) -> Plu
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}' is invalid: {exc}") from None
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin '{name}' is invalid: {exc}") from None
     plugins = Plugins(pm, PassRegistry(), CapabilityRegistry(), TargetRegistry(), origins)
     for hook_name, registry in (("register_capabilities", plugins.capabilities),
                                 ("register_targets", plugins.targets),

@@ -69,7 +69,8 @@ def _attr(node, key: str, kind: str, default):
 def _layout_reason(nodes) -> str | None:
     """Why a BN (or the ops before it) cannot fold for its mode or layout, or None."""
     for node in nodes:
-        if _attr(node, "is_training", "b", False):
+        # FusedBatchNorm's op-def default is is_training=true (it matters if defaults are stripped).
+        if _attr(node, "is_training", "b", node.op.startswith("FusedBatchNorm")):
             return "is_training=True: a training-mode BN normalizes with batch statistics"
         fmt = _attr(node, "data_format", "s", b"NHWC").decode()
         if fmt not in ("", "NHWC"):
@@ -122,7 +123,8 @@ def _fold_reason(index: GraphIndex, model: Model, kind: str, m: dict) -> str | N
     if len(users) > 1:
         return (f"weights Const '{m['weights'].name}' is shared by {len(users)} ops "
                 f"({', '.join(users)})")
-    return None
+    dtype = index.const_value(m["weights"]).dtype
+    return None if np.issubdtype(dtype, np.floating) else f"weights are {dtype}, not float"
 
 
 def _scale_shift(index: GraphIndex, kind: str, m: dict, channels: int, out_rank: int):
@@ -194,7 +196,8 @@ def _rewrite(graph_def: graph_pb2.GraphDef, index: GraphIndex, plans) -> graph_p
         bias_add.attr["data_format"].s = b"NHWC"
         replace[head.name] = [bias_const, bias_add]
     # Consts that only the removed nodes read (BN parameters, old biases) go too.
-    removed |= {src for name in removed for src in map(node_name, index.data_inputs(index.nodes[name]))
+    sources = {node_name(i) for name in removed for i in index.data_inputs(index.nodes[name])}
+    removed |= {src for src in sources
                 if index.nodes[src].op == "Const" and set(index.consumers[src]) <= removed}
     nodes = []
     for node in graph_def.node:  # keep graph order: the new pair takes the head's place
@@ -239,7 +242,8 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model):
 
     `graph_def` is edited (weights scaled): pass a copy."""
     index = GraphIndex(graph_def)
-    folded, left, seen, claimed, plans = [], {}, set(), set(), []
+    folded, left, plans = [], {}, []
+    seen, claimed, reported = set(), set(), set()
     for kind, pattern in FOLD_PATTERNS:
         for m in index.match(pattern):
             head = m["head"]
@@ -249,17 +253,16 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model):
             seen.add(head.name)
             layer = m.get("mul", head).name
             reason = _fold_reason(index, model, kind, m)
-            weights = index.const_value(m["weights"])
-            if reason is None and not np.issubdtype(weights.dtype, np.floating):
-                reason = f"weights are {weights.dtype}, not floating point"
             if reason is None:
-                channels = _out_channels(m["compute"], weights)
+                channels = _out_channels(m["compute"], index.const_value(m["weights"]))
                 out_rank = 2 if m["compute"].op == "MatMul" else 4
                 parts = _scale_shift(index, kind, m, channels, out_rank)
                 reason = parts if isinstance(parts, str) else None
             if reason is not None:
-                left[head.name] = {"layer": layer, "kind": _kind(kind, head),
-                                   "status": "skipped", "reason": reason}
+                if layer not in reported:  # a refused Mul+Add is not reported again as a Mul
+                    left[head.name] = {"layer": layer, "kind": _kind(kind, head),
+                                       "status": "skipped", "reason": reason}
+                reported |= {head.name, layer}
                 continue
             claimed |= names
             plans.append((m, parts))

@@ -1,0 +1,81 @@
+"""ATC-readiness check: frozen, op list from the profile, static shapes, no training ops."""
+from __future__ import annotations
+
+import pytest
+
+import amct_targets as at
+
+
+def graph_file(tmp_path, build, name="g.pb"):
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        build(tf)
+    path = tmp_path / name
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
+
+
+def codes(findings):
+    return sorted((f.code, f.node) for f in findings)
+
+
+def test_emitted_demo_passes_the_check(tmp_path, demo_pb):
+    at.build(demo_pb, "ascend310", output_dir=tmp_path / "o")
+    assert at.check(tmp_path / "o" / "ascend310" / "digits_cnn.pb", "ascend310",
+                    input_shapes={"image": (1, 8, 8, 1)}) == []
+
+
+def test_dynamic_batch_needs_an_input_shape(demo_pb):
+    findings = at.check(demo_pb, "ascend310")
+    assert codes(findings) == [("dynamic-shape", "image")]
+    assert "--input-shape image:" in findings[0].message
+
+
+def test_findings_name_the_node(tmp_path):
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4], name="x")
+        w = tf.compat.v1.get_variable("w", [4, 4])
+        y = tf.matmul(x, w, name="mm")
+        tf.raw_ops.Bucketize(input=y, boundaries=[0.0, 1.0], name="bucket")
+        tf.compat.v1.placeholder(tf.string, [1], name="text")
+        tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=tf.zeros([1, 1, 1, 4]), x=tf.zeros([1, 1, 1, 4]), scale=tf.ones([4]),
+            reserve_space_1=tf.ones([4]), reserve_space_2=tf.ones([4]),
+            reserve_space_3=tf.ones([4]), name="bn_grad")
+
+    findings = at.check(graph_file(tmp_path, build), "ascend310p")
+    found = codes(findings)
+    assert ("not-frozen", "w") in found
+    assert ("unsupported-op", "bucket") in found
+    assert ("training-op", "bn_grad") in found
+    assert ("input-dtype", "text") in found
+    unsupported = next(f for f in findings if f.code == "unsupported-op")
+    assert "Bucketize" in unsupported.message and "ascend310p.yaml" in unsupported.message
+
+
+def test_op_list_is_data_in_the_profile(tmp_path):
+    def build(tf):
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4], name="x")
+        tf.raw_ops.Bucketize(input=x, boundaries=[0.0], name="bucket")
+
+    pb = graph_file(tmp_path, build)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "wide.yaml").write_text(
+        "name: wide\nextends: ascend310\natc:\n  tf_ops:\n    source: test\n"
+        "    ops: [Placeholder, Const, Bucketize]\n")
+    assert at.check(pb, "wide", targets_dirs=[boards]) == []
+    assert codes(at.check(pb, "ascend310")) == [("unsupported-op", "bucket")]
+
+
+def test_check_cli_exit_codes(cli, tmp_path, demo_pb):
+    failing = cli("check", demo_pb, "--target", "ascend310")
+    assert failing.code == 3
+    assert "error: dynamic-shape [image]" in failing.out
+    passing = cli("check", demo_pb, "--target", "ascend310", "--input-shape", "image:1,8,8,1",
+                  "--json")
+    assert passing.code == 0
+    assert passing.json() == {"pb": str(demo_pb), "target": "ascend310", "errors": 0,
+                              "findings": []}
