@@ -1,11 +1,11 @@
 """Benchmark of the fold_bn pass: BN nodes before/after, folds, error and time on real models.
 
-Run from the repository root:
+Run from the repository root (after `pip install -e '.[test]'`):
 
-    PYTHONPATH=. python benchmarks/bn_fusion.py
+    python benchmarks/bn_fusion.py
 
 Writes benchmarks/results/bn_fusion.json and benchmarks/results/bn_fusion.md. Keras models
-get random BN statistics (tests.models.randomize_bn), so folding changes every weight.
+get random BN statistics (tests/models.py: randomize_bn), so folding changes every weight.
 The error is max |folded - original| / max |original| over all outputs for 8 random inputs
 (seed 0), with both graphs run by a Session that has grappler off, so the original is not
 folded by TensorFlow itself.
@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # shared builders
+
 from amct_targets.graph.load import load_model, model_from_graph_def
 from amct_targets.passes.fold_bn import fold_batch_norm
-from tests.models import (bn_nodes, randomize_bn, small_bn_cnn, tf1_fused_bn_graph,
-                          unoptimized_session_config)
+from models import (bn_nodes, randomize_bn, small_bn_cnn,  # noqa: E402
+                    tf1_fused_bn_graph, unoptimized_session_config)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLES = 8

@@ -79,3 +79,33 @@ def test_check_cli_exit_codes(cli, tmp_path, demo_pb):
     assert passing.code == 0
     assert passing.json() == {"pb": str(demo_pb), "target": "ascend310", "errors": 0,
                               "findings": []}
+
+
+def test_plugins_add_findings_through_check_model(tmp_path, monkeypatch, demo_pb):
+    from plugin_fixtures import write_plugin
+
+    module = write_plugin(tmp_path, "small_cin_checker", '''
+from amct_targets import hookimpl
+from amct_targets.deploy.check import Finding
+
+@hookimpl
+def check_model(graph_def, profile, input_specs):
+    nodes = {n.name: n for n in graph_def.node}
+    findings = []
+    for node in graph_def.node:
+        if node.op == "Conv2D":
+            weight = nodes[node.input[1]]
+            cin = weight.attr["value"].tensor.tensor_shape.dim[2].size
+            if cin <= 16:
+                findings.append(Finding("warning", "small-cin", node.name,
+                                        f"{cin} input channels: no INT8 gain on Ascend"))
+    return findings
+''', monkeypatch)
+    findings = at.check(demo_pb, "ascend310", input_shapes={"image": (1, 8, 8, 1)},
+                        plugins=[module])
+    assert [(f.severity, f.code) for f in findings] == [("warning", "small-cin"),
+                                                        ("warning", "small-cin")]
+    assert findings[0].message == "1 input channels: no INT8 gain on Ascend"
+    report = at.build(demo_pb, "ascend310", output_dir=tmp_path / "o",
+                      plugins=[module])["ascend310"]
+    assert report["metrics"]["check_warnings"] == 2 and report["metrics"]["check_errors"] == 0
