@@ -67,7 +67,7 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
             registered = session.plugins.passes.get(step.name)
             ctx = PassContext(profile=profile, config=pass_options(config, step.name),
                               calibration=data.get("calibration"), training=data.get("training"),
-                              artifacts_dir=folder,
+                              artifacts_dir=folder, build_config=config or {},
                               progress=lambda msg, n=step.name: session.progress(
                                   f"{profile.name}: {n}: {msg}"))
             session.progress(f"{profile.name}: running {step.name}")
@@ -89,6 +89,8 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                 entry["metrics"] = ctx.report.metrics
             if ctx.report.notes:
                 entry["notes"] = ctx.report.notes
+            if ctx.report.artifacts:
+                entry["artifacts"] = dict(ctx.report.artifacts)
         entries.append(entry)
     return model, entries
 
@@ -129,7 +131,8 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                    for s in model.inputs],
         "outputs": list(model.outputs),
         "passes": entries,
-        "artifacts": {"pb": pb_name, "atc_script": SCRIPT_NAME, "report": REPORT_NAME},
+        "artifacts": {"pb": pb_name, "atc_script": SCRIPT_NAME, "report": REPORT_NAME,
+                      **{k: v for e in entries for k, v in e.get("artifacts", {}).items()}},
         "atc_command": atc_mod.shell_command(argv),
         "atc_argv": argv,
         "checks": [f.to_json() for f in findings],

@@ -25,28 +25,44 @@ def _unknown_ops(graph_def) -> list[tuple[str, str]]:
             if op_def_registry.get(n.op) is None and n.op not in EXPANDERS]
 
 
-def load_simulation(pb: str | os.PathLike, outputs=None) -> Callable:
-    """A callable running `pb`: array (single input) or {input name: array} -> array or dict."""
-    import tensorflow as tf
+def expand_ascend_ops(graph_def, where: str = "<graph>"):
+    """The graph with every Ascend op replaced by stock TF ops (same numerics)."""
+    import amct_targets.deploy.ascend_ops  # noqa: F401  (registers the expanders)
 
-    graph_def = read_graph_def(pb, importable=False)
     unknown = _unknown_ops(graph_def)
     if unknown:
         op, node = unknown[0]
-        raise ModelError(f"{pb}: node '{node}' has op type {op}, which stock TensorFlow cannot "
-                         "run and amct-targets has no simulation expansion for")
+        raise ModelError(f"{where}: node '{node}' has op type {op}, which stock TensorFlow "
+                         "cannot run and amct-targets has no simulation expansion for")
     for op_type in sorted({n.op for n in graph_def.node} & set(EXPANDERS)):
         graph_def = EXPANDERS[op_type](graph_def)
-    specs = placeholder_specs(graph_def)
-    fetches = list(outputs or default_outputs(graph_def))
+    return graph_def
+
+
+def graph_runner(graph_def, feeds: list[str], fetches: list[str]) -> Callable:
+    """A function (*arrays) -> list of arrays running `graph_def` (stock ops only)."""
+    import tensorflow as tf
 
     def _import():
         tf.compat.v1.import_graph_def(graph_def, name="")
 
     wrapped = tf.compat.v1.wrap_function(_import, [])
     graph = wrapped.graph
-    fn = wrapped.prune([graph.get_tensor_by_name(f"{s.name}:0") for s in specs],
+    fn = wrapped.prune([graph.get_tensor_by_name(f"{f}:0" if ":" not in f else f) for f in feeds],
                        [graph.get_tensor_by_name(t if ":" in t else f"{t}:0") for t in fetches])
+
+    def run(*arrays):
+        return [r.numpy() for r in fn(*[tf.constant(a) for a in arrays])]
+
+    return run
+
+
+def load_simulation(pb: str | os.PathLike, outputs=None) -> Callable:
+    """A callable running `pb`: array (single input) or {input name: array} -> array or dict."""
+    graph_def = expand_ascend_ops(read_graph_def(pb, importable=False), str(pb))
+    specs = placeholder_specs(graph_def)
+    fetches = list(outputs or default_outputs(graph_def))
+    fn = graph_runner(graph_def, [s.name for s in specs], fetches)
 
     def run(inputs):
         if isinstance(inputs, Mapping):
@@ -59,7 +75,7 @@ def load_simulation(pb: str | os.PathLike, outputs=None) -> Callable:
                 raise ModelError(f"{pb}: the model has {len(specs)} inputs; pass a dict "
                                  f"keyed by {[s.name for s in specs]}")
             args = [np.asarray(inputs, dtype=specs[0].dtype)]
-        results = [r.numpy() for r in fn(*[tf.constant(a) for a in args])]
+        results = fn(*args)
         if isinstance(inputs, Mapping) or len(results) > 1:
             return dict(zip(fetches, results))
         return results[0]

@@ -27,6 +27,7 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
     for target, report in reports.items():
         folder = out / target
         assert sorted(p.name for p in folder.iterdir()) == ["atc.sh", "digits_cnn.pb",
+                                                            "quant_config.json", "record.txt",
                                                             "report.json"]
         on_disk = json.loads((folder / "report.json").read_text())
         assert on_disk == json.loads(json.dumps(report))
@@ -35,7 +36,9 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
             assert key in on_disk
         assert on_disk["soc_version"] == at.load_target(target).soc_version
         assert on_disk["input_sha256"] == sha(demo_pb)
-        assert on_disk["artifacts"]["pb"] == "digits_cnn.pb"
+        assert on_disk["artifacts"] == {"pb": "digits_cnn.pb", "atc_script": "atc.sh",
+                                        "report": "report.json", "record": "record.txt",
+                                        "quant_config": "quant_config.json"}
         assert on_disk["checks"] == []
         fold = on_disk["passes"][0]
         assert (fold["name"], fold["status"]) == ("fold_bn", "ran")

@@ -69,10 +69,12 @@ def test_targets_and_passes_json(cli):
     assert a2["capabilities"]["sparsity_4of2"]["supported"] is True
     assert a2["compute"]["fp16_tflops"]["source"]
     passes = cli("passes", "--target", "ascend310", "--json").json()
-    assert passes == [{"name": "fold_bn", "summary": passes[0]["summary"],
-                       "plugin": "amct_targets.passes.fold_bn", "origin": "builtin",
-                       "stage": "graph", "requires": ["bn_fusion"], "needs": [],
-                       "enabled_by_default": True, "supported": True}]
+    assert passes[0] == {"name": "fold_bn", "summary": passes[0]["summary"],
+                         "plugin": "amct_targets.passes.fold_bn", "origin": "builtin",
+                         "stage": "graph", "requires": ["bn_fusion"], "needs": [],
+                         "enabled_by_default": True, "supported": True}
+    assert [p["name"] for p in passes] == ["fold_bn", "quantize"]
+    assert passes[1]["requires"] == ["int8"] and passes[1]["needs"] == ["calibration"]
 
 
 def test_build_json_is_machine_readable_and_quiet(cli, tmp_path, demo_pb):

@@ -12,18 +12,21 @@ def statuses(plan):
     return [(s.name, s.status) for s in plan.steps]
 
 
-def test_demo_plan_runs_fold_bn_everywhere(demo_pb):
+def test_demo_plan_runs_fold_bn_everywhere_and_quantize_with_calibration(demo_pb, demo_calib):
     for target in at.list_targets():
         plan = at.plan(demo_pb, target)
-        assert statuses(plan) == [("fold_bn", "RUN")]
+        assert statuses(plan) == [("fold_bn", "RUN"), ("quantize", "SKIP")]
+        assert plan.step("quantize").reason == "needs calibration data; give it with --calib F.npz"
         assert plan.soc_version == at.load_target(target).soc_version
+        calibrated = at.plan(demo_pb, target, calib=demo_calib)
+        assert statuses(calibrated) == [("fold_bn", "RUN"), ("quantize", "RUN")]
 
 
 def test_order_is_stage_then_after_then_name(tmp_path, monkeypatch, demo_pb):
     module = write_plugin(tmp_path, "data_pass_plugin", DATA_PASS, monkeypatch)
     plan = at.plan(demo_pb, "ascend310", calib={"image": __import__("numpy").zeros((2, 8, 8, 1))},
                    plugins=[module])
-    assert [s.name for s in plan.steps] == ["early_retrain", "fold_bn", "count_nodes"]
+    assert [s.name for s in plan.steps] == ["early_retrain", "fold_bn", "count_nodes", "quantize"]
 
 
 def test_pass_needing_calibration_is_skipped_with_that_reason(tmp_path, monkeypatch, demo_pb):
@@ -42,11 +45,11 @@ def test_capability_gating_uses_the_profiles_reason(tmp_path, demo_pb):
         "name: nobn\nextends: ascend310\ncapabilities:\n  bn_fusion:\n    supported: false\n"
         "    reason: this board keeps BatchNorm separate\n")
     plan = at.plan(demo_pb, "nobn", config=config, targets_dirs=[board])
-    assert statuses(plan) == [("fold_bn", "SKIP")]
+    assert statuses(plan)[0] == ("fold_bn", "SKIP")
     assert plan.steps[0].reason == "this board keeps BatchNorm separate"
     forced = at.plan(demo_pb, "nobn", config={"passes": {"fold_bn": {"force": True}}},
                      targets_dirs=[board])
-    assert statuses(forced) == [("fold_bn", "RUN")]
+    assert statuses(forced)[0] == ("fold_bn", "RUN")
     assert "this board keeps BatchNorm separate" in forced.steps[0].warnings[0]
 
 
@@ -94,6 +97,7 @@ def test_plan_cli_prints_run_and_skip_with_reasons(cli, demo_pb, tmp_path):
     result = cli("plan", demo_pb, "--target", "ascend310p")
     assert result.code == 0
     assert "plan for ascend310p (soc_version Ascend310P3):" in result.out
-    assert "RUN  fold_bn  target supports bn_fusion" in result.out
+    assert "1. RUN  fold_bn   target supports bn_fusion" in result.out
+    assert "2. SKIP quantize  needs calibration data; give it with --calib F.npz" in result.out
     as_json = cli("plan", demo_pb, "--target", "ascend310p", "--json").json()
     assert as_json["steps"][0]["status"] == "RUN"

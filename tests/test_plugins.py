@@ -102,7 +102,8 @@ def test_trace_switch_prints_hook_calls(tmp_path, demo_pb):
                              env={"AMCT_TARGETS_TRACE_PLUGINS": "1"})
     assert run.returncode == 0, run.stderr
     assert "[amct-targets trace] register_passes -> amct_targets.passes.fold_bn" in run.stderr
-    assert "[amct-targets trace] adjust_plan" not in run.stderr  # no implementation: no call
+    assert "[amct-targets trace] adjust_plan -> amct_targets.passes.quantize" in run.stderr
+    assert "[amct-targets trace] build_finished" not in run.stderr  # plan builds nothing
 
 
 @pytest.fixture(scope="module")

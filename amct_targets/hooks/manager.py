@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "amct_targets.deploy.check",
     "amct_targets.deploy.atc",
     "amct_targets.passes.fold_bn",
+    "amct_targets.passes.quantize",
 )
 
 

@@ -46,6 +46,7 @@ class PassReport:
     layers: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # key -> file in the target folder
 
 
 @dataclass
@@ -59,6 +60,7 @@ class PassContext:
     artifacts_dir: Path | None = None
     progress: Callable[[str], None] = lambda message: None
     report: PassReport = field(default_factory=PassReport)
+    build_config: Mapping[str, Any] = field(default_factory=dict)  # the whole build config
 
 
 @dataclass(frozen=True)

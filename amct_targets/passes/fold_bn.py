@@ -237,7 +237,7 @@ def _input_reason(index: GraphIndex, m: dict) -> str:
     return f"input is produced by {x.op} '{x.name}', {_NOT_COMPUTE}"
 
 
-def _fold_round(graph_def: graph_pb2.GraphDef, model: Model):
+def _fold_round(graph_def: graph_pb2.GraphDef, model: Model, skip: frozenset = frozenset()):
     """Fold every non-overlapping BN once; return (new graph, folded records, left records).
 
     `graph_def` is edited (weights scaled): pass a copy."""
@@ -252,7 +252,10 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model):
                 continue  # taken by a longer pattern, or folds in a later round
             seen.add(head.name)
             layer = m.get("mul", head).name
-            reason = _fold_reason(index, model, kind, m)
+            if names & skip or layer in skip:
+                reason = "skipped by config (skip_layers / quantize skip_fusion_layers)"
+            else:
+                reason = _fold_reason(index, model, kind, m)
             if reason is None:
                 channels = _out_channels(m["compute"], index.const_value(m["weights"]))
                 out_rank = 2 if m["compute"].op == "MatMul" else 4
@@ -282,16 +285,18 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model):
     return new_graph, folded, [left[name] for name in index.nodes if name in left]
 
 
-def fold_batch_norm(model: Model) -> tuple[Model, list[dict], list[dict]]:
+def fold_batch_norm(model: Model, skip: frozenset = frozenset()
+                    ) -> tuple[Model, list[dict], list[dict]]:
     """Fold every foldable BN of `model`; return (new model, folded records, left-alone records).
 
+    `skip`: names of BN, Mul/Add or compute nodes to leave alone.
     Rounds repeat until nothing folds, so chains like Conv -> Add(c) -> Mul(c) fold fully.
     The input model is not changed.
     """
     graph_def = model.copy_graph_def()
     folded: list[dict] = []
     while True:
-        graph_def, done, left = _fold_round(graph_def, model)
+        graph_def, done, left = _fold_round(graph_def, model, skip)
         folded += done
         if not done:
             return model.replace(graph_def=graph_def), folded, left
@@ -303,13 +308,20 @@ class FoldBatchNorm(CompressionPass):
     requires = ("bn_fusion",)
     stage = "graph"
     enabled_by_default = True
+    config_schema = {"type": "object", "properties": {
+        "skip_layers": {"type": "array", "items": {"type": "string"},
+                        "description": "BN or conv node names to leave unfolded"}}}
 
     def layers(self, model: Model, config: Mapping[str, Any]) -> list[str]:
-        _, folded, _ = fold_batch_norm(model)
+        _, folded, _ = fold_batch_norm(model, frozenset(config.get("skip_layers", ())))
         return [record["into"] for record in folded]
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
-        new_model, folded, left = fold_batch_norm(model)
+        # AMCT's quant config carries skip_fusion_layers; honour it here, where fusion happens.
+        quant = ((ctx.build_config.get("passes") or {}).get("quantize") or {})
+        skip = frozenset(ctx.config.get("skip_layers", ())) | frozenset(
+            quant.get("skip_fusion_layers", ()))
+        new_model, folded, left = fold_batch_norm(model, skip)
         ctx.report.layers.extend(folded + left)
         ctx.report.metrics["folded"] = len(folded)
         ctx.report.metrics["left"] = len(left)
