@@ -52,8 +52,11 @@ def tflite_int8(keras_model, calib: np.ndarray):
     """TFLite full-integer PTQ (int8 ops, float I/O); returns (predict fn, convert seconds)."""
     import tensorflow as tf
 
-    concrete = frozen_concrete(keras_model, 1)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras_model)
+    from tensorflow.python.framework.convert_to_constants import \
+        convert_variables_to_constants_v2
+
+    concrete = convert_variables_to_constants_v2(frozen_concrete(keras_model, 1))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

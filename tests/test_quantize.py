@@ -200,3 +200,31 @@ def test_one_conv_layer_matches_the_numpy_reference_of_the_amct_kernels(tmp_path
     # and the integer semantics hold: weights are int8 and every q - offset is an integer
     assert w_int8.dtype == np.int8 and np.all(q == np.rint(q))
     assert layer["sqnr_db"] > 25
+
+
+def test_conv_feeding_a_conv_and_a_residual_add_reads_the_dequantized_value(tmp_path):
+    """Regression: a layer whose input is another layer's (bias) output, with that output also
+    used by a residual Add, must read the AscendDequant result, not the raw accumulator."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 8], name="x")
+        w1 = rng.normal(0, 0.3, (3, 3, 8, 8)).astype(np.float32)
+        w2 = rng.normal(0, 0.3, (1, 1, 8, 8)).astype(np.float32)
+        a = tf.nn.bias_add(tf.nn.conv2d(x, w1, 1, "SAME", name="conv1"),
+                           rng.normal(0, 0.1, 8).astype(np.float32), name="bias1")
+        b = tf.nn.conv2d(a, w2, 1, "SAME", name="conv2")
+        tf.identity(tf.add(a, b, name="residual"), name="out")
+    pb = tmp_path / "res.pb"
+    pb.write_bytes(graph.as_graph_def().SerializeToString())
+    calib = rng.normal(0, 1, (32, 6, 6, 8)).astype(np.float32)
+    report = at.build(pb, "ascend310", calib=calib, output_dir=tmp_path / "o")["ascend310"]
+    assert [e["status"] for e in quant_entry(report)["layers"]] == ["quantized", "quantized"]
+    x = rng.normal(0, 1, (8, 6, 6, 8)).astype(np.float32)
+    reference = at.load_simulation(pb)(x)
+    simulated = at.load_simulation(tmp_path / "o" / "ascend310" / "res.pb")(x)
+    sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - simulated) ** 2))
+    assert sqnr > 25
+    assert all(e["sqnr_db"] > 25 for e in quant_entry(report)["layers"])

@@ -54,7 +54,7 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
     graph_def = model.copy_graph_def()
     index = GraphIndex(graph_def)
     outputs = list(model.outputs)
-    new_nodes, replaced = [], set()
+    new_nodes, replaced, rewires = [], set(), []
     for q in quants:
         layer = q.layer
         node = index.nodes[layer.name]
@@ -84,9 +84,12 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
         deq_const, dequant = f"{layer.name}/deq_scale", f"{layer.name}/ascend_dequant"
         new_nodes += [ascend_ops.const_node(deq_const, ascend_ops.pack_deq_scale(deq)),
                       ascend_ops.ascend_dequant_node(dequant, last, deq_const)]
-        _rewire(graph_def, last, dequant, skip={dequant})
+        rewires.append((last, dequant))
         outputs = [tensor_name(dequant) if o == tensor_name(last) else o for o in outputs]
     graph_def.node.extend(new_nodes)
+    # Rewire only now, so the AscendQuant of a later layer reading `last` is rewired too.
+    for last, dequant in rewires:
+        _rewire(graph_def, last, dequant, skip={dequant})
     _drop_unused_consts(graph_def, replaced | {q.layer.weight_node for q in quants})
     notes = _relu6_to_relu(graph_def, quants)
     return model.replace(graph_def=graph_def, outputs=tuple(outputs)), notes
