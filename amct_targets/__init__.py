@@ -63,15 +63,22 @@ def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
           train: Any = None, config: str | Mapping | None = None,
           output_dir: str | _os.PathLike = "amct_out", *, input_shapes: Mapping | None = None,
           outputs: Iterable[str] | None = None, plugins: Iterable[str] = (),
-          targets_dirs: Iterable[str] = (), progress: bool = False) -> dict[str, dict]:
-    """Compress `model` for each target; returns {target: report dict}."""
+          targets_dirs: Iterable[str] = (), progress: bool = False, loss: Any = None,
+          optimizer: Any = None, strategy: Any = None) -> dict[str, dict]:
+    """Compress `model` for each target; returns {target: report dict}.
+
+    Retraining passes use `train` ({input: array, "y": labels}, an .npz path, or a
+    tf.data.Dataset of (inputs, labels)), and optionally a `loss` callable, a Keras
+    `optimizer` (copied for each retraining) and a `tf.distribute` `strategy`.
+    """
     from amct_targets.builder import build as run_build
 
     targets = [target_or_targets] if isinstance(target_or_targets, str) else list(target_or_targets)
     session = _session(plugins, targets_dirs, quiet=not progress)
     results = run_build(session, model, targets, calib=calib, train=train, config=config,
                         output_dir=output_dir, input_shapes=input_shapes,
-                        outputs=list(outputs) if outputs else None)
+                        outputs=list(outputs) if outputs else None, loss=loss,
+                        optimizer=optimizer, strategy=strategy)
     return {r.target: r.report for r in results}
 
 

@@ -25,6 +25,7 @@ from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import PassContext
 from amct_targets.planner import Plan, make_plan, pass_options
+from amct_targets.retrain.train import TrainingData
 
 REPORT_NAME, SCRIPT_NAME = "report.json", "atc.sh"
 
@@ -147,7 +148,8 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
     return TargetBuild(profile.name, final, report)
 
 
-def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs):
+def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs,
+                   loss=None, optimizer=None, strategy=None):
     config, where = load_build_config(config)
     model = load_model(model_source, outputs=outputs, input_shapes=input_shapes)
     data = {}
@@ -156,20 +158,22 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
                                               str(calib) if isinstance(calib, (str, os.PathLike))
                                               else "calibration data")
     if train is not None:
-        data["training"] = load_training(train, model, str(train) if isinstance(
-            train, (str, os.PathLike)) else "training data")
+        data["training"] = TrainingData(load_training(train, model, str(train) if isinstance(
+            train, (str, os.PathLike)) else "training data"), loss, optimizer, strategy)
     return model, config, where, data
 
 
 def build(session, model_source, targets: Iterable[str], *, calib=None, train=None,
           config: str | Mapping | None = None, output_dir="amct_out",
-          input_shapes: Mapping | None = None, outputs=None) -> list[TargetBuild]:
+          input_shapes: Mapping | None = None, outputs=None, loss=None, optimizer=None,
+          strategy=None) -> list[TargetBuild]:
     profiles = session.profiles.select(list(targets))
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
     model, config, where, data = prepare_inputs(session, model_source, calib=calib, train=train,
                                                 config=config, input_shapes=input_shapes,
-                                                outputs=outputs)
+                                                outputs=outputs, loss=loss,
+                                                optimizer=optimizer, strategy=strategy)
     given = {kind: kind in data for kind in ("calibration", "training")}
     plans = {p.name: make_plan(model, p, session.plugins, config, data=given, config_source=where)
              for p in profiles}

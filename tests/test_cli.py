@@ -71,10 +71,14 @@ def test_targets_and_passes_json(cli):
     passes = cli("passes", "--target", "ascend310", "--json").json()
     assert passes[0] == {"name": "fold_bn", "summary": passes[0]["summary"],
                          "plugin": "amct_targets.passes.fold_bn", "origin": "builtin",
-                         "stage": "graph", "requires": ["bn_fusion"], "needs": [],
+                         "stage": "prepare", "requires": ["bn_fusion"], "needs": [],
                          "enabled_by_default": True, "supported": True}
-    assert [p["name"] for p in passes] == ["fold_bn", "quantize"]
-    assert passes[1]["requires"] == ["int8"] and passes[1]["needs"] == ["calibration"]
+    by_name = {p["name"]: p for p in passes}
+    assert sorted(by_name) == ["fold_bn", "qat", "quantize", "sparsify_4of2"]
+    assert by_name["quantize"]["requires"] == ["int8"]
+    assert by_name["quantize"]["needs"] == ["calibration"]
+    assert by_name["sparsify_4of2"]["supported"] is False
+    assert "gain" in by_name["sparsify_4of2"]["reason"]
 
 
 def test_build_json_is_machine_readable_and_quiet(cli, tmp_path, demo_pb):

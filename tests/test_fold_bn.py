@@ -158,7 +158,7 @@ def test_pass_reports_layers_and_registers_through_the_hook(tf1_model):
     register_passes(registry)
     fold = registry.get("fold_bn").impl
     assert isinstance(fold, FoldBatchNorm) and fold.requires == ("bn_fusion",)
-    assert fold.stage == "graph" and fold.enabled_by_default
+    assert fold.stage == "prepare" and fold.enabled_by_default
     assert fold.layers(tf1_model, {}) == ["conv", "dw"]
     ctx = PassContext(profile=None, config={})
     result = fold.apply(tf1_model, ctx)

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 from amct_targets.errors import PluginError
 from amct_targets.graph.model import Model
 
-STAGES = ("retrain", "graph")  # retraining passes run before graph rewrites
+# prepare (canonical rewrites such as Conv+BN folding) -> retrain -> graph rewrites
+STAGES = ("prepare", "retrain", "graph")
 DATA_KINDS = {"calibration": "--calib", "training": "--train"}
 
 

@@ -306,7 +306,7 @@ class FoldBatchNorm(CompressionPass):
     name = "fold_bn"
     summary = "Fold inference BatchNorm (fused or Keras Mul+Add) into the Conv/MatMul before it"
     requires = ("bn_fusion",)
-    stage = "graph"
+    stage = "prepare"  # AMCT fuses before quantizing and before retraining
     enabled_by_default = True
     config_schema = {"type": "object", "properties": {
         "skip_layers": {"type": "array", "items": {"type": "string"},

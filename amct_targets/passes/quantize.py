@@ -64,6 +64,76 @@ def _activation_params(layers, settings):
     return resolved, tensors
 
 
+def layer_metrics(deployed: Model, quants, batch, float_out, outputs, samples):
+    """Each layer's output in the simulated INT8 model against float, on calibration data."""
+    from amct_targets.simulate import expand_ascend_ops, graph_runner
+
+    names = [f"{q.layer.name}/ascend_dequant:0" for q in quants]
+    run = graph_runner(expand_ascend_ops(deployed.graph_def), list(deployed.input_names), names)
+    simulated = run(*[batch[name][:samples] for name in deployed.input_names])
+    return {q.layer.name: similarity(float_out[outputs[q.layer.name]][:samples], sim)
+            for q, sim in zip(quants, simulated)}
+
+
+def finish_int8(model: Model, quants, resolved, settings, layers, float_layers, ctx,
+                batch, float_out=None) -> Model:
+    """Rewrite `model` with `quants`, report each layer, write the record and the config.
+
+    Shared by post-training quantization and quantization-aware training. `float_out` holds
+    the float layer outputs on `batch` when calibration already fetched them.
+    """
+    from amct_targets.simulate import graph_runner
+
+    samples = int(settings.globals.get("metrics_samples", DEFAULT_METRICS_SAMPLES))
+    index = GraphIndex(model.graph_def)
+    outputs = {q.layer.name: _layer_output(index, q.layer.name) for q in quants}
+    if float_out is None:
+        fetches = sorted(set(outputs.values()))
+        run = graph_runner(model.graph_def, list(model.input_names), fetches)
+        float_out = dict(zip(fetches, run(*[batch[n][:samples] for n in model.input_names])))
+    deployed, notes = quantize_graph(model, quants)
+    fidelity = layer_metrics(deployed, quants, batch, float_out, outputs, samples)
+    for q in quants:
+        cosine, sqnr = fidelity[q.layer.name]
+        ctx.report.layers.append({
+            "layer": q.layer.name, "op": q.layer.op, "status": "quantized",
+            "act_algo": resolved[q.layer.name]["activation"]["act_algo"],
+            "scale_d": q.scale_d, "offset_d": q.offset_d,
+            "scale_w_min": float(q.scale_w.min()), "scale_w_max": float(q.scale_w.max()),
+            "channel_wise": bool(q.scale_w.size > 1), "cosine": cosine, "sqnr_db": sqnr})
+    ctx.report.layers.extend(float_layers)
+    order = {node.name: i for i, node in enumerate(model.graph_def.node)}
+    ctx.report.layers.sort(key=lambda entry: order.get(entry["layer"], len(order)))
+    ctx.report.notes.extend(notes)
+    cosines = [m[0] for m in fidelity.values()]
+    sqnrs = [m[1] for m in fidelity.values() if np.isfinite(m[1])]
+    ctx.report.metrics.update(quantized=len(quants), float=len(float_layers),
+                              min_cosine=round(min(cosines), 6),
+                              mean_sqnr_db=round(float(np.mean(sqnrs)), 2) if sqnrs else None)
+    if ctx.artifacts_dir is not None:
+        records = {q.layer.name: {"scale_d": q.scale_d, "offset_d": q.offset_d,
+                                  "scale_w": q.scale_w.tolist()} for q in quants}
+        (ctx.artifacts_dir / RECORD_FILE).write_text(record_text(records), encoding="utf-8")
+        (ctx.artifacts_dir / CONFIG_FILE).write_text(
+            amct_config_json(settings, layers, resolved), encoding="utf-8")
+        ctx.report.artifacts.update(record=RECORD_FILE, quant_config=CONFIG_FILE)
+    return deployed
+
+
+def select_layers(model: Model, ctx: PassContext, settings: QuantSettings):
+    """(layers to quantize, float-layer report entries) per profile rules and config."""
+    g = settings.globals
+    layers, skipped = find_layers(model, ctx.profile, skip_layers=set(g.get("skip_layers", [])),
+                                  skip_layer_types=set(g.get("skip_layer_types", [])),
+                                  min_input_channels=int(g.get("min_input_channels", 0)))
+    disabled = [layer for layer in layers if not settings.enabled(layer.name)]
+    float_layers = [{"layer": s.name, "op": s.op, "status": "float", "reason": s.reason}
+                    for s in skipped]
+    float_layers += [{"layer": d.name, "op": d.op, "status": "float",
+                      "reason": "quant_enable: false in the config"} for d in disabled]
+    return [layer for layer in layers if settings.enabled(layer.name)], float_layers
+
+
 class Quantize(CompressionPass):
     name = "quantize"
     summary = "INT8 post-training quantization, AMCT deploy format (ARQ weights, IFMR/HFMG)"
@@ -82,15 +152,7 @@ class Quantize(CompressionPass):
     def apply(self, model: Model, ctx: PassContext) -> Model:
         settings = QuantSettings.from_section(ctx.config)
         g = settings.globals
-        layers, skipped = find_layers(model, ctx.profile, skip_layers=set(g.get("skip_layers", [])),
-                                      skip_layer_types=set(g.get("skip_layer_types", [])),
-                                      min_input_channels=int(g.get("min_input_channels", 0)))
-        disabled = [layer for layer in layers if not settings.enabled(layer.name)]
-        layers = [layer for layer in layers if settings.enabled(layer.name)]
-        float_layers = [{"layer": s.name, "op": s.op, "status": "float", "reason": s.reason}
-                        for s in skipped]
-        float_layers += [{"layer": d.name, "op": d.op, "status": "float",
-                          "reason": "quant_enable: false in the config"} for d in disabled]
+        layers, float_layers = select_layers(model, ctx, settings)
         if not layers:
             ctx.report.layers.extend(float_layers)
             ctx.report.metrics.update(quantized=0, float=len(float_layers))
@@ -120,47 +182,8 @@ class Quantize(CompressionPass):
             result = arq(weights, layer.channel_axes if channel_wise else None)
             quants.append(LayerQuant(layer, float(params.scale), int(params.offset),
                                      result.scale.astype(np.float32), result.quantized))
-        deployed, notes = quantize_graph(model, quants)
-        layer_metrics = self._metrics(deployed, quants, data[0], float_out, outputs,
-                                      int(g.get("metrics_samples", DEFAULT_METRICS_SAMPLES)))
-        for q in quants:
-            cosine, sqnr = layer_metrics[q.layer.name]
-            ctx.report.layers.append({
-                "layer": q.layer.name, "op": q.layer.op, "status": "quantized",
-                "act_algo": resolved[q.layer.name]["activation"]["act_algo"],
-                "scale_d": q.scale_d, "offset_d": q.offset_d,
-                "scale_w_min": float(q.scale_w.min()), "scale_w_max": float(q.scale_w.max()),
-                "channel_wise": bool(q.scale_w.size > 1), "cosine": cosine, "sqnr_db": sqnr})
-        ctx.report.layers.extend(float_layers)
-        order = {node.name: i for i, node in enumerate(model.graph_def.node)}
-        ctx.report.layers.sort(key=lambda entry: order.get(entry["layer"], len(order)))
-        ctx.report.notes.extend(notes)
-        cosines = [m[0] for m in layer_metrics.values()]
-        sqnrs = [m[1] for m in layer_metrics.values() if np.isfinite(m[1])]
-        ctx.report.metrics.update(quantized=len(quants), float=len(float_layers),
-                                  min_cosine=round(min(cosines), 6),
-                                  mean_sqnr_db=round(float(np.mean(sqnrs)), 2) if sqnrs else None)
-        if ctx.artifacts_dir is not None:
-            records = {q.layer.name: {"scale_d": q.scale_d, "offset_d": q.offset_d,
-                                      "scale_w": q.scale_w.tolist()} for q in quants}
-            (ctx.artifacts_dir / RECORD_FILE).write_text(record_text(records), encoding="utf-8")
-            (ctx.artifacts_dir / CONFIG_FILE).write_text(
-                amct_config_json(settings, layers, resolved), encoding="utf-8")
-            ctx.report.artifacts.update(record=RECORD_FILE, quant_config=CONFIG_FILE)
-        return deployed
-
-    @staticmethod
-    def _metrics(deployed: Model, quants, first_batch, float_out, outputs, samples):
-        """Each layer's output in the simulated INT8 model against float, on calibration data."""
-        from amct_targets.simulate import expand_ascend_ops, graph_runner
-
-        names = [f"{q.layer.name}/ascend_dequant:0" for q in quants]
-        run = graph_runner(expand_ascend_ops(deployed.graph_def), list(deployed.input_names),
-                           names)
-        feeds = [first_batch[name][:samples] for name in deployed.input_names]
-        simulated = run(*feeds)
-        return {q.layer.name: similarity(float_out[outputs[q.layer.name]][:samples], sim)
-                for q, sim in zip(quants, simulated)}
+        return finish_int8(model, quants, resolved, settings, layers, float_layers, ctx,
+                           data[0], float_out)
 
 
 @hookimpl
