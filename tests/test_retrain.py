@@ -204,3 +204,53 @@ def test_qat_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert result["replicas"] == 2 and result["status"] == "ran"
     assert result["steps"] == 22  # 1347 samples in global batches of 64
     assert result["accuracy"] >= 0.96
+
+
+def test_channel_pruning_removes_channels_and_reports_exact_flops(tmp_path, demo_pb_module,
+                                                                  digits, fp32_accuracy):
+    from amct_targets.graph.flops import count_layers, total
+    from amct_targets.graph.load import load_model
+
+    x_train, y_train, _, _ = digits
+    config = {"passes": {"prune_channels": {"enabled": True, "prune_ratio": 0.3,
+                                            "ascend_optimized": False, "epochs": 6,
+                                            "learning_rate": 2e-3}}}
+    report = at.build(demo_pb_module, "ascend310", train={"image": x_train, "y": y_train},
+                      config=config, output_dir=tmp_path)["ascend310"]
+    entry = step(report, "prune_channels")
+    pruned = {e["op"] + str(e["channels_before"]): e["channels_after"]
+              for e in entry["layers"] if e["status"] == "pruned"}
+    assert pruned == {"Conv2D16": 12, "Conv2D32": 23}  # 16 - floor(4.8), 32 - floor(9.6)
+    depthwise = next(e for e in entry["layers"] if e["op"] == "DepthwiseConv2dNative")
+    assert depthwise["status"] == "kept" and depthwise["flops_after"] < depthwise["flops_before"]
+    emitted = load_model(tmp_path / "ascend310" / "digits_cnn.pb")
+    costs = count_layers(emitted)
+    assert total(costs).flops == entry["metrics"]["flops_after"]
+    assert entry["metrics"]["flops_cut_percent"] >= 25
+    weights = [c for c in costs.values() if c.op == "Conv2D"]
+    assert sorted(c.output_shape[-1] for c in weights) == [12, 23]
+    assert accuracy(tmp_path / "ascend310" / "digits_cnn.pb", digits) >= fp32_accuracy - 0.05
+
+
+def test_ascend_optimized_aligns_kept_channels_to_the_profile_multiple(demo_pb_module, digits):
+    from amct_targets.passes.prune import plan_pruning
+    from amct_targets.graph.load import load_model
+
+    align = at.load_target("ascend910").capability("channel_pruning").params["channel_align"]
+    kept, _, reasons = plan_pruning(load_model(demo_pb_module), {"prune_ratio": 0.3}, align)
+    assert align == 16
+    assert [len(k) for k in kept.values()] == [16]  # 32 channels: 23 kept -> 16 with align
+    assert any(r.startswith("16 channels: rounding the kept count to a multiple of 16")
+               for r in reasons.values())
+
+
+def test_channel_pruning_and_4of2_on_the_same_layer_are_refused_before_work(
+        tmp_path, demo_pb_module, digits):
+    x_train, y_train, _, _ = digits
+    with pytest.raises(at.PlanError, match="passes 'prune_channels' and 'sparsify_4of2' are "
+                                           "both enabled for layer"):
+        at.build(demo_pb_module, "ascend910b", train={"image": x_train, "y": y_train},
+                 config={"passes": {"prune_channels": {"enabled": True},
+                                    "sparsify_4of2": {"enabled": True}}},
+                 output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "amct_targets.passes.quantize",
     "amct_targets.passes.qat",
     "amct_targets.passes.sparsify",
+    "amct_targets.passes.prune",
 )
 
 

@@ -68,10 +68,13 @@ class TrainableGraph:
     def __init__(self, model: Model, layers: Sequence[str], *,
                  weight_index: Mapping[str, int] | None = None,
                  act_ranges: Mapping[str, tuple[float, float]] | None = None,
-                 act_index: Mapping[str, int] | None = None):
+                 act_index: Mapping[str, int] | None = None,
+                 const_masks: Mapping[str, np.ndarray] | None = None):
         import tensorflow as tf
 
         self.model = model
+        # {weight or bias Const: 0/1 mask}: held during training and applied on export
+        self.const_masks = {k: np.asarray(v, np.float32) for k, v in (const_masks or {}).items()}
         graph_def = model.copy_graph_def()
         index = GraphIndex(graph_def)
         self.layers: list[TrainedLayer] = []
@@ -116,7 +119,8 @@ class TrainableGraph:
         import tensorflow as tf
 
         reads = {k: self.variables[k].read_value() for k in self.order}
-        mapped = dict(reads)
+        mapped = {k: (v * self.const_masks[k] if k in self.const_masks else v)
+                  for k, v in reads.items()}
         if transform is not None:
             for layer in self.layers:
                 mapped[layer.weight_const] = transform(layer.name, reads[layer.weight_const])
@@ -142,6 +146,8 @@ class TrainableGraph:
         for node in graph_def.node:
             if node.name in values and node.op == "Const":
                 value = values[node.name]
+                if node.name in self.const_masks:
+                    value = value * self.const_masks[node.name]
                 if transform_np is not None and node.name in by_weight:
                     value = transform_np(by_weight[node.name], value)
                 node.attr["value"].tensor.CopyFrom(
