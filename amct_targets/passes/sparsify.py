@@ -107,9 +107,15 @@ class Sparsify4of2(CompressionPass):
             return trainable
 
         holder = {}
+        freq = int(ctx.config.get("update_freq", 0))
 
         def transform(name, w):
-            return w * holder["trainable"].masks[name]
+            masked = w * holder["trainable"].masks[name]
+            if not freq:
+                return masked
+            # Masks that move (update_freq > 0) need pruned weights to keep learning:
+            # straight-through gradient (SR-STE), so a weight can win its group back.
+            return w + tf.stop_gradient(masked - w)
 
         def update_masks(trainable):
             values = trainable.values()
@@ -121,7 +127,6 @@ class Sparsify4of2(CompressionPass):
             holder["trainable"] = factory()
             return holder["trainable"]
 
-        freq = int(ctx.config.get("update_freq", 0))
         opts = options(ctx.config, {"epochs": 2, "learning_rate": 1e-4})
         trainable, history = fit(build, model, ctx.training, opts, transform=transform,
                                  progress=ctx.progress,
