@@ -27,6 +27,7 @@ def _unknown_ops(graph_def) -> list[tuple[str, str]]:
 
 def expand_ascend_ops(graph_def, where: str = "<graph>"):
     """The graph with every Ascend op replaced by stock TF ops (same numerics)."""
+    import amct_targets.approx.ops  # noqa: F401  (registers the FastSoftmax expander)
     import amct_targets.deploy.ascend_ops  # noqa: F401  (registers the expanders)
 
     unknown = _unknown_ops(graph_def)

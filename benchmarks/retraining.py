@@ -28,15 +28,15 @@ CALIB = 128
 
 RUNS = {
     "ptq": ("ascend310", {"quantize": {"batch_num": 4}}),
-    "qat": ("ascend310", {"qat": {"enabled": True, "epochs": 3, "learning_rate": 5e-5}}),
+    "qat": ("ascend310", {"qat": {"enabled": True, "epochs": 2, "learning_rate": 2e-5}}),
     "prune_0.3": ("ascend310", {"prune_channels": {"enabled": True, "prune_ratio": 0.3,
                                                    "ascend_optimized": False, "epochs": 10,
                                                    "learning_rate": 1e-3}}),
-    "4of2": ("ascend910b", {"sparsify_4of2": {"enabled": True, "epochs": 10,
-                                              "learning_rate": 1e-3}}),
-    "4of2+qat": ("ascend910b", {"sparsify_4of2": {"enabled": True, "epochs": 10,
-                                                  "learning_rate": 1e-3},
-                                "qat": {"enabled": True, "epochs": 3, "learning_rate": 5e-5}}),
+    "4of2": ("ascend910b", {"sparsify_4of2": {"enabled": True, "epochs": 30,
+                                              "learning_rate": 3e-3}}),
+    "4of2+qat": ("ascend910b", {"sparsify_4of2": {"enabled": True, "epochs": 30,
+                                                  "learning_rate": 3e-3},
+                                "qat": {"enabled": True, "epochs": 2, "learning_rate": 2e-5}}),
 }
 
 

@@ -86,4 +86,6 @@ def ref_fast_softmax(x, a: float, b: float, clip_value: float, axis: int = -1) -
     p = t * np.float32(b) + np.float32(a)
     p = p * t + np.float32(1.0)
     p = p * t + np.float32(1.0)
-    return p / p.sum(axis=axis, keepdims=True, dtype=np.float32)
+    # float64 accumulation, one rounding: independent of the summation order (see ops.py)
+    total = p.astype(np.float64).sum(axis=axis, keepdims=True).astype(np.float32)
+    return p / total

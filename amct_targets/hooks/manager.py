@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "amct_targets.deploy.atc",
     "amct_targets.passes.fold_bn",
     "amct_targets.passes.quantize",
+    "amct_targets.passes.fast_softmax",
     "amct_targets.passes.qat",
     "amct_targets.passes.sparsify",
     "amct_targets.passes.prune",

@@ -17,10 +17,10 @@ from amct_targets.calibration.arq import arq
 from amct_targets.calibration.ifmr import ifmr
 from amct_targets.hooks import hookimpl
 from amct_targets.passes.base import CompressionPass, PassContext
-from amct_targets.passes.quantize import _activation_params, finish_int8, select_layers
+from amct_targets.passes.quantize import (_activation_params, claimed_layers, finish_int8,
+                                          select_layers)
 from amct_targets.quant.calibrate import calibrate
 from amct_targets.quant.config import SECTION_SCHEMA, QuantSettings
-from amct_targets.quant.layers import IMPLEMENTED
 from amct_targets.quant.rewrite import LayerQuant
 from amct_targets.retrain.train import TRAIN_OPTIONS_SCHEMA, fit, options
 from amct_targets.retrain.trainable import TrainableGraph
@@ -80,8 +80,7 @@ class QuantizationAwareTraining(CompressionPass):
     config_schema = QAT_SCHEMA
 
     def layers(self, model, config: Mapping[str, Any]) -> list[str]:
-        skip = set(config.get("skip_layers", ()))
-        return [n.name for n in model.graph_def.node if n.op in IMPLEMENTED and n.name not in skip]
+        return claimed_layers(model, config)
 
     def apply(self, model, ctx: PassContext):
         settings = QuantSettings.from_section({k: v for k, v in ctx.config.items()
@@ -110,7 +109,7 @@ class QuantizationAwareTraining(CompressionPass):
                 weights = weights * mask
             return quantizers[name](weights)
 
-        opts = options(ctx.config, {"epochs": 2, "learning_rate": 1e-4})
+        opts = options(ctx.config, {"epochs": 2, "learning_rate": 2e-5})
         trainable, history = fit(
             lambda: TrainableGraph(model, [l.name for l in layers],
                                    weight_index={l.name: l.weight_index for l in layers},

@@ -20,7 +20,7 @@ from amct_targets.passes.base import CompressionPass, PassContext
 from amct_targets.quant.calibrate import IFMR_BINS, batches, calibrate
 from amct_targets.quant.config import SECTION_SCHEMA, QuantSettings, amct_config_json, \
     record_text
-from amct_targets.quant.layers import IMPLEMENTED, find_layers
+from amct_targets.quant.layers import IMPLEMENTED, OP_LAYOUT, find_layers
 from amct_targets.quant.rewrite import LayerQuant, quantize_graph
 
 RECORD_FILE, CONFIG_FILE = "record.txt", "quant_config.json"
@@ -82,14 +82,14 @@ def finish_int8(model: Model, quants, resolved, settings, layers, float_layers, 
     Shared by post-training quantization and quantization-aware training. `float_out` holds
     the float layer outputs on `batch` when calibration already fetched them.
     """
-    from amct_targets.simulate import graph_runner
+    from amct_targets.simulate import expand_ascend_ops, graph_runner
 
     samples = int(settings.globals.get("metrics_samples", DEFAULT_METRICS_SAMPLES))
     index = GraphIndex(model.graph_def)
     outputs = {q.layer.name: _layer_output(index, q.layer.name) for q in quants}
     if float_out is None:
         fetches = sorted(set(outputs.values()))
-        run = graph_runner(model.graph_def, list(model.input_names), fetches)
+        run = graph_runner(expand_ascend_ops(model.graph_def), list(model.input_names), fetches)
         float_out = dict(zip(fetches, run(*[batch[n][:samples] for n in model.input_names])))
     deployed, notes = quantize_graph(model, quants)
     fidelity = layer_metrics(deployed, quants, batch, float_out, outputs, samples)
@@ -134,6 +134,37 @@ def select_layers(model: Model, ctx: PassContext, settings: QuantSettings):
     return [layer for layer in layers if settings.enabled(layer.name)], float_layers
 
 
+SHAPE_ONLY_OPS = ("Identity", "Reshape", "ExpandDims", "Squeeze")
+
+
+def claimed_layers(model: Model, config: Mapping[str, Any]) -> list[str]:
+    """Layers quantization would change, for the planner's conflict check.
+
+    Besides the compute layers, a Softmax feeding (through shape-only ops) the activation
+    input of a layer with Const weights gets an AscendQuant on its output, and a Softmax named
+    with quant_enable true is claimed as asked: fast_softmax may not replace either (AMCT: no
+    quantization and approximation on one layer).
+    """
+    skip = set(config.get("skip_layers", ()))
+    names = [n.name for n in model.graph_def.node if n.op in IMPLEMENTED and n.name not in skip]
+    index = GraphIndex(model.graph_def)
+    for layer in list(names):
+        node = index.nodes[layer]
+        act_index, weight_index, _ = OP_LAYOUT[node.op]
+        weights = index.producer(node, weight_index)
+        if weights is None or weights.op != "Const" or \
+                (config.get(layer) or {}).get("quant_enable") is False:
+            continue
+        producer = index.producer(node, act_index)
+        while producer is not None and producer.op in SHAPE_ONLY_OPS:
+            producer = index.producer(producer, 0)
+        if producer is not None and producer.op == "Softmax":
+            names.append(producer.name)
+    names += [n.name for n in model.graph_def.node if n.op == "Softmax"
+              and (config.get(n.name) or {}).get("quant_enable") is True]
+    return list(dict.fromkeys(names))
+
+
 class Quantize(CompressionPass):
     name = "quantize"
     summary = "INT8 post-training quantization, AMCT deploy format (ARQ weights, IFMR/HFMG)"
@@ -146,8 +177,7 @@ class Quantize(CompressionPass):
     config_schema = SECTION_SCHEMA
 
     def layers(self, model: Model, config: Mapping[str, Any]) -> list[str]:
-        skip = set(config.get("skip_layers", ()))
-        return [n.name for n in model.graph_def.node if n.op in IMPLEMENTED and n.name not in skip]
+        return claimed_layers(model, config)
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         settings = QuantSettings.from_section(ctx.config)

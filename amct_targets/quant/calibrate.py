@@ -51,8 +51,12 @@ def calibrate(model: Model, tensors: Sequence[str], params: Mapping[str, dict],
     batch_samples = len(next(iter(data[0].values())))
     total_batches = len(data)
 
+    from amct_targets.simulate import expand_ascend_ops
+
+    graph_def = expand_ascend_ops(model.graph_def)  # an earlier pass may have left Ascend ops
+
     def build():
-        tf.compat.v1.import_graph_def(model.graph_def, name="")
+        tf.compat.v1.import_graph_def(graph_def, name="")
         graph = tf.compat.v1.get_default_graph()
         outputs = {}
         for name in tensors:

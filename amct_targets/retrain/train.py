@@ -20,12 +20,14 @@ TRAIN_OPTIONS_SCHEMA = {
     "epochs": {"type": "integer", "minimum": 1},
     "batch_size": {"type": "integer", "minimum": 1},
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+    "lr_schedule": {"enum": ["cosine", "constant"]},
     "optimizer": {"enum": ["adam", "sgd", "rmsprop"]},
     "loss": {"enum": ["sparse_categorical_crossentropy", "categorical_crossentropy", "mse"]},
     "from_logits": {"type": "boolean"},
     "seed": {"type": "integer"},
 }
-TRAIN_DEFAULTS = {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4, "optimizer": "adam",
+TRAIN_DEFAULTS = {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4, "lr_schedule": "cosine",
+                  "optimizer": "adam",
                   "loss": "sparse_categorical_crossentropy", "from_logits": True, "seed": 0}
 
 
@@ -83,14 +85,17 @@ def _dataset(training: TrainingData, model, opts):
     return dataset
 
 
-def _optimizer(training: TrainingData, opts):
+def _optimizer(training: TrainingData, opts, total_steps: int | None):
     import keras
 
     given = training.optimizer
     if given is None:
         cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
                "rmsprop": keras.optimizers.RMSprop}[opts["optimizer"]]
-        return cls(learning_rate=opts["learning_rate"])
+        rate = opts["learning_rate"]
+        if opts["lr_schedule"] == "cosine" and total_steps:
+            rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=total_steps)
+        return cls(learning_rate=rate)
     if callable(given) and not hasattr(given, "apply_gradients"):
         return given()
     return given.__class__.from_config(given.get_config())  # a fresh copy per retraining
@@ -122,9 +127,12 @@ def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mappin
 
     strategy = training.strategy or tf.distribute.get_strategy()
     tf.random.set_seed(opts["seed"])
+    local = _dataset(training, model, opts)
+    batches = int(local.cardinality())
+    total_steps = batches * opts["epochs"] if batches > 0 else None
     with strategy.scope():
         trainable = trainable_factory()
-        optimizer = _optimizer(training, opts)
+        optimizer = _optimizer(training, opts, total_steps)
         optimizer.build(trainable.trainable)
     loss_fn = _loss(training, opts)
     replicas = strategy.num_replicas_in_sync
@@ -143,7 +151,7 @@ def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mappin
         per_replica = strategy.run(replica_step, args=(features, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    dataset = strategy.experimental_distribute_dataset(_dataset(training, model, opts))
+    dataset = strategy.experimental_distribute_dataset(local)
     history, steps, started = [], 0, time.perf_counter()
     for epoch in range(opts["epochs"]):
         losses = []
