@@ -15,8 +15,10 @@ def statuses(plan):
 def test_demo_plan_runs_fold_bn_everywhere_and_quantize_with_calibration(demo_pb, demo_calib):
     for target in at.list_targets():
         plan = at.plan(demo_pb, target)
-        assert statuses(plan) == [("fold_bn", "RUN"), ("sparsify_4of2", "SKIP"), ("qat", "SKIP"),
-                                  ("quantize", "SKIP")]
+        assert statuses(plan) == [("fold_bn", "RUN"), ("decompose", "SKIP"),
+                                  ("prune_channels", "SKIP"),
+                                  ("sparsify_4of2", "SKIP"), ("qat", "SKIP"),
+                                  ("fast_softmax", "SKIP"), ("quantize", "SKIP")]
         assert plan.step("quantize").reason == "needs calibration data; give it with --calib F.npz"
         assert plan.soc_version == at.load_target(target).soc_version
         calibrated = at.plan(demo_pb, target, calib=demo_calib)
@@ -28,8 +30,9 @@ def test_order_is_stage_then_after_then_name(tmp_path, monkeypatch, demo_pb):
     plan = at.plan(demo_pb, "ascend310", calib={"image": __import__("numpy").zeros((2, 8, 8, 1))},
                    plugins=[module])
     # prepare < retrain < graph; sparsify_4of2 declares before=qat; ties by name
-    assert [s.name for s in plan.steps] == ["fold_bn", "early_retrain", "sparsify_4of2", "qat",
-                                            "count_nodes", "quantize"]
+    assert [s.name for s in plan.steps] == ["fold_bn", "decompose", "early_retrain",
+                                            "prune_channels", "sparsify_4of2", "qat",
+                                            "count_nodes", "fast_softmax", "quantize"]
 
 
 def test_pass_needing_calibration_is_skipped_with_that_reason(tmp_path, monkeypatch, demo_pb):
@@ -102,7 +105,7 @@ def test_plan_cli_prints_run_and_skip_with_reasons(cli, demo_pb, tmp_path):
     assert "plan for ascend310p (soc_version Ascend310P3):" in result.out
     lines = [line.split() for line in result.out.splitlines()[1:]]
     assert lines[0] == ["1.", "RUN", "fold_bn", "target", "supports", "bn_fusion"]
-    assert lines[-1][:3] == ["4.", "SKIP", "quantize"]
+    assert lines[-1][:3] == ["7.", "SKIP", "quantize"]
     assert result.out.splitlines()[-1].endswith("needs calibration data; give it with --calib F.npz")
     as_json = cli("plan", demo_pb, "--target", "ascend310p", "--json").json()
     assert as_json["steps"][0]["status"] == "RUN"

@@ -213,8 +213,8 @@ def test_channel_pruning_removes_channels_and_reports_exact_flops(tmp_path, demo
 
     x_train, y_train, _, _ = digits
     config = {"passes": {"prune_channels": {"enabled": True, "prune_ratio": 0.3,
-                                            "ascend_optimized": False, "epochs": 6,
-                                            "learning_rate": 2e-3}}}
+                                            "ascend_optimized": False, "epochs": 10,
+                                            "learning_rate": 3e-3}}}
     report = at.build(demo_pb_module, "ascend310", train={"image": x_train, "y": y_train},
                       config=config, output_dir=tmp_path)["ascend310"]
     entry = step(report, "prune_channels")
@@ -254,3 +254,28 @@ def test_channel_pruning_and_4of2_on_the_same_layer_are_refused_before_work(
                                     "sparsify_4of2": {"enabled": True}}},
                  output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_decompose_fine_tunes_through_the_retraining_machinery(tmp_path, digits):
+    import keras
+
+    x_train, y_train, x_test, y_test = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    config = {"passes": {"decompose": {"enabled": True, "rank": 16, "epochs": 3,
+                                       "learning_rate": 3e-3}}}
+    plain = at.build(model, "ascend310", config=config, output_dir=tmp_path / "a")["ascend310"]
+    tuned = at.build(model, "ascend310", config=config, train={"image": x_train, "y": y_train},
+                     output_dir=tmp_path / "b")["ascend310"]
+    assert step(plain, "decompose")["metrics"]["decomposed"] == 1
+    assert "not fine-tuned (no training data)" in step(plain, "decompose")["notes"][-1]
+    metrics = step(tuned, "decompose")["metrics"]
+    assert metrics["train_steps"] == 3 * 43  # 1347 samples, batches of 32
+    assert metrics["fine_tune_loss"][-1] < metrics["fine_tune_loss"][0]
+    pb = tuned["artifacts"]["pb"]
+    assert accuracy(tmp_path / "b" / "ascend310" / pb, digits) > \
+        accuracy(tmp_path / "a" / "ascend310" / pb, digits) + 0.2

@@ -82,8 +82,9 @@ def split_flops(g: ConvGeometry, mode: str, rank: int) -> tuple[int, int]:
 def choose_mode(g: ConvGeometry) -> str:
     """The order with fewer FLOPs for this conv's shapes (the cost is linear in the rank).
 
-    For stride 1 this is AMCT's rule on Cout < Cin and kh <= kw: the longer kernel axis goes
-    with the smaller channel count. Ties give h first (the overview's 3x1 then 1x3 example)."""
+    For stride 1 this depends only on Cout < Cin and kh <= kw, as AMCT's mode does (its exact
+    rule is not public): the longer kernel axis goes with the smaller channel count. Ties give
+    h first, the order of the overview's 64x64x3x3 -> 3x1 then 1x3 example."""
     return W_FIRST if sum(split_flops(g, W_FIRST, 1)) < sum(split_flops(g, H_FIRST, 1)) \
         else H_FIRST
 

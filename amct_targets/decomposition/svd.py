@@ -39,47 +39,51 @@ def _canonical_signs(u: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndar
     return u * signs, vt * signs[:, None]
 
 
+def _squared_norm(a: np.ndarray, rows: int = 1024) -> float:
+    """||a||_F^2 accumulated in float64, a block of rows at a time (no full float64 copy)."""
+    return float(sum(np.sum(np.square(a[i:i + rows], dtype=np.float64))
+                     for i in range(0, a.shape[0], rows)))
+
+
 def leading_svd(matrix: np.ndarray, k: int, method: str = "auto", seed: int = SEED,
                 oversample: int | None = None) -> Svd:
     """The `k` leading singular triplets of `matrix` (float64 results).
 
-    `method`: "exact" (LAPACK), "randomized", or "auto" (exact when the matrix is small or
-    most of the spectrum is asked for)."""
-    a = np.asarray(matrix, dtype=np.float64)
-    m, n = a.shape
+    `method`: "exact" (LAPACK, float64), "randomized" (float32 products), or "auto" (exact
+    when the matrix is small or most of the spectrum is asked for)."""
+    m, n = matrix.shape
     small = min(m, n)
     k = max(0, min(int(k), small))
-    total_energy = float(np.einsum("ij,ij->", a, a))
+    total_energy = _squared_norm(matrix)
     if method == "auto":
         exact = small <= EXACT_MAX_DIM or k > EXACT_MAX_FRACTION * small
         method = "exact" if exact else "randomized"
     if method == "exact":
-        u, s, vt = np.linalg.svd(a, full_matrices=False)
+        u, s, vt = np.linalg.svd(np.asarray(matrix, dtype=np.float64), full_matrices=False)
         u, vt = _canonical_signs(u[:, :k], vt[:k])
         return Svd(u, s[:k], vt, total_energy, "exact")
     if method != "randomized":
         raise ValueError(f"unknown SVD method '{method}'; expected exact, randomized or auto")
-    return _randomized(a, k, seed, oversample, total_energy)
+    return _randomized(np.asarray(matrix, dtype=np.float32), k, seed, oversample, total_energy)
 
 
 def _randomized(a: np.ndarray, k: int, seed: int, oversample: int | None,
                 total_energy: float) -> Svd:
+    """Halko et al.'s range finder with `POWER_ITERATIONS` QR-stabilized power iterations on
+    the float32 matrix `a`; the small projected problem is solved in float64."""
     m, n = a.shape
     p = oversample if oversample is not None else max(16, k // 10)
     width = min(k + p, min(m, n))
-    # float32 products halve the time of the big passes; the small problem is solved in float64.
-    a32 = a.astype(np.float32)
     rng = np.random.default_rng(seed)
     omega = rng.standard_normal((n, width), dtype=np.float32)
-    q, _ = np.linalg.qr(a32 @ omega)
+    q, _ = np.linalg.qr(a @ omega)
     for _ in range(POWER_ITERATIONS):
-        z, _ = np.linalg.qr(a32.T @ q)
-        q, _ = np.linalg.qr(a32 @ z)
+        z, _ = np.linalg.qr(a.T @ q)
+        q, _ = np.linalg.qr(a @ z)
+    b = (q.T @ a).astype(np.float64)              # [width, n]: a projected on range(q)
     q = q.astype(np.float64)
-    b = q.T @ a                                   # [width, n], float64: exact projection
     # SVD of the short, wide b through the eigenpairs of b b^T (width x width).
-    gram = b @ b.T
-    eigvals, eigvecs = np.linalg.eigh(gram)
+    eigvals, eigvecs = np.linalg.eigh(b @ b.T)
     order = np.argsort(eigvals)[::-1][:k]
     s = np.sqrt(np.maximum(eigvals[order], 0.0))
     ub = eigvecs[:, order]

@@ -144,8 +144,14 @@ def _import_with_shapes(model: Model, input_shapes: dict):
             for d in shape:
                 node.attr["shape"].shape.dim.add().size = d
     graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
+    try:
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+    except (ValueError, TypeError, tf.errors.OpError) as exc:  # e.g. Ascend op types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot count FLOPs: TensorFlow cannot import the graph "
+                         f"(its shapes come from TensorFlow's shape inference): {first}") \
+            from None
     return graph
 
 

@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "amct_targets.passes.qat",
     "amct_targets.passes.sparsify",
     "amct_targets.passes.prune",
+    "amct_targets.passes.decompose",
 )
 
 
