@@ -19,7 +19,6 @@ from typing import Any, Iterable, Mapping
 from amct_targets.config import load_build_config
 from amct_targets.data import as_input_arrays, load_training
 from amct_targets.deploy import atc as atc_mod
-from amct_targets.deploy.check import has_errors
 from amct_targets.errors import AmctError, ConfigError, PluginError
 from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model

@@ -47,3 +47,28 @@ def load_build_config(source: str | os.PathLike | Mapping[str, Any] | None) -> t
     if error is not None:
         raise ConfigError(f"{where}: {error.json_path}: {error.message}")
     return config, where
+
+
+def merge_amct_section(section: Mapping[str, Any], where: str, what: str) -> tuple[dict, str]:
+    """A pass section merged over the AMCT JSON file it names in `amct_config` (if any).
+
+    Returns (merged mapping, where), `where` being the file when one was read. Per-layer
+    mappings merge key by key; anything else in the section replaces the file's value.
+    """
+    merged: dict[str, Any] = {}
+    if section.get("amct_config"):
+        path = Path(section["amct_config"])
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the AMCT {what} config: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: an AMCT {what} config must be a JSON object")
+        merged.update(loaded)
+        where = str(path)
+    for key, value in section.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged, where

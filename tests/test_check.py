@@ -1,7 +1,6 @@
 """ATC-readiness check: frozen, op list from the profile, static shapes, no training ops."""
 from __future__ import annotations
 
-import pytest
 
 import amct_targets as at
 

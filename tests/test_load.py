@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import amct_targets as at
 from amct_targets.errors import ModelError
 from amct_targets.graph.load import VARIABLE_OPS, load_model, parse_input_shapes
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from amct_targets.approx.kernel import ALGO, MAX_CLIP_VALUE, FastSoftmaxParams, invalid_reason
+from amct_targets.config import merge_amct_section
 from amct_targets.errors import ConfigError
 
 GLOBAL_KEYS = frozenset({"version", "batch_num", "batch_size", "skip_approximation_layers",
@@ -58,23 +58,7 @@ class ApproxSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "ApproxSettings":
-        merged: dict[str, Any] = {}
-        where = "passes.fast_softmax"
-        if section.get("amct_config"):
-            path = Path(section["amct_config"])
-            try:
-                merged.update(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read the AMCT approximation config: "
-                                  f"{exc}") from None
-            if not isinstance(merged, dict):
-                raise ConfigError(f"{path}: an AMCT approximation config is a JSON object")
-            where = str(path)
-        for key, value in section.items():
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
+        merged, where = merge_amct_section(section, "passes.fast_softmax", "approximation")
         layers = {k: dict(v) for k, v in merged.items()
                   if k not in GLOBAL_KEYS and isinstance(v, Mapping)}
         unknown = [k for k in merged if k not in GLOBAL_KEYS and k not in layers]

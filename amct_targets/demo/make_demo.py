@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from amct_targets.demo import DEMO_CALIB, DEMO_PB, demo_paths
+from amct_targets.demo import demo_paths
 
 
 def digits_split(seed: int = 0):

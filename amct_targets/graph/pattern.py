@@ -64,6 +64,23 @@ class GraphIndex:
 
         return tensor_util.MakeNdarray(node.attr["value"].tensor)
 
+    def bias_add_of(self, layer: str):
+        """(add node, bias Const name) when `layer`'s only consumer is a BiasAdd/Add of a 1-D
+        Const that nothing else reads (the layer's bias); else None."""
+        consumers = self.consumers.get(layer, [])
+        if len(consumers) != 1:
+            return None
+        node = self.nodes[consumers[0]]
+        if node.op not in ("BiasAdd", "Add", "AddV2"):
+            return None
+        inputs = self.data_inputs(node)
+        if len(inputs) != 2 or node_name(inputs[0]) != layer:
+            return None
+        const = self.nodes.get(node_name(inputs[1]))
+        if const is None or const.op != "Const" or len(self.consumers.get(const.name, [])) != 1:
+            return None
+        return (node, const.name) if self.const_value(const).ndim == 1 else None
+
     def match(self, pattern: OpPattern) -> Iterator[dict[str, node_def_pb2.NodeDef]]:
         """Every match of `pattern` rooted at some node, in graph order."""
         for node in self.graph_def.node:

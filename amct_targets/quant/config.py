@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
+from amct_targets.config import merge_amct_section
 from amct_targets.errors import ConfigError
 
 GLOBAL_KEYS = {"version", "batch_num", "batch_size", "activation_offset", "joint_quant",
@@ -81,20 +81,7 @@ class QuantSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "QuantSettings":
-        merged: dict[str, Any] = {}
-        where = "passes.quantize"
-        if section.get("amct_config"):
-            path = Path(section["amct_config"])
-            try:
-                merged.update(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read the AMCT quant config: {exc}") from None
-            where = str(path)
-        for key, value in section.items():
-            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
+        merged, where = merge_amct_section(section, "passes.quantize", "quant")
         layers = {k: dict(v) for k, v in merged.items()
                   if k not in GLOBAL_KEYS and isinstance(v, Mapping)}
         unknown = [k for k, v in merged.items() if k not in GLOBAL_KEYS and k not in layers]

@@ -70,7 +70,7 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
                       ascend_ops.ascend_weight_quant_node(weight_quant, int8_name, offset_name)]
         node.input[_input_slot(node, layer.weight_index)] = weight_quant
         last = layer.name
-        bias_node = _single_bias_consumer(index, layer.name)
+        bias_node = index.bias_add_of(layer.name)
         if bias_node is not None:
             bias_add, bias_const = bias_node
             bias = index.const_value(index.nodes[bias_const]).astype(np.float64)
@@ -103,26 +103,6 @@ def _input_slot(node, data_index: int) -> int:
 
 def _input_ref(node, producer: str) -> str:
     return next(i for i in node.input if node_name(i) == producer)
-
-
-def _single_bias_consumer(index: GraphIndex, layer: str):
-    """(BiasAdd node, bias Const name) when the layer's only consumer adds a Const bias."""
-    consumers = index.consumers.get(layer, [])
-    if len(consumers) != 1:
-        return None
-    node = index.nodes[consumers[0]]
-    if node.op not in ("BiasAdd", "Add", "AddV2"):
-        return None
-    inputs = index.data_inputs(node)
-    if len(inputs) != 2 or node_name(inputs[0]) != layer:
-        return None
-    const = index.nodes.get(node_name(inputs[1]))
-    if const is None or const.op != "Const" or len(index.consumers.get(const.name, [])) != 1:
-        return None
-    value = index.const_value(const)
-    if value.ndim != 1:
-        return None
-    return node, const.name
 
 
 def _drop_unused_consts(graph_def: graph_pb2.GraphDef, candidates: set[str]) -> None:

@@ -31,23 +31,6 @@ class TrainedLayer:
     bias_const: str | None
 
 
-def bias_const_of(index: GraphIndex, layer: str) -> str | None:
-    """The per-channel bias Const added right after `layer`, when it is its only consumer."""
-    consumers = index.consumers.get(layer, [])
-    if len(consumers) != 1:
-        return None
-    node = index.nodes[consumers[0]]
-    if node.op not in ("BiasAdd", "Add", "AddV2"):
-        return None
-    inputs = index.data_inputs(node)
-    if len(inputs) != 2 or node_name(inputs[0]) != layer:
-        return None
-    const = index.nodes.get(node_name(inputs[1]))
-    if const is None or const.op != "Const" or len(index.consumers.get(const.name, [])) != 1:
-        return None
-    return const.name if index.const_value(const).ndim == 1 else None
-
-
 def _const_float(name: str, value: float) -> node_def_pb2.NodeDef:
     from tensorflow.python.framework import tensor_util
 
@@ -82,7 +65,8 @@ class TrainableGraph:
             node = index.nodes[name]
             w_index = (weight_index or {}).get(name, 1)
             weight = node_name(index.data_inputs(node)[w_index])
-            self.layers.append(TrainedLayer(name, weight, bias_const_of(index, name)))
+            bias = index.bias_add_of(name)
+            self.layers.append(TrainedLayer(name, weight, bias[1] if bias else None))
         self.act_ranges = dict(act_ranges or {})
         for name, (low, high) in sorted(self.act_ranges.items()):
             node = index.nodes[name]
