@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from amct_targets.graph.load import VARIABLE_OPS, placeholder_specs
 from amct_targets.hooks import hookimpl
 
-ATC_TF_INPUT_DTYPES = frozenset({"float16", "float32", "uint8", "int32", "int64", "bool"})
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -55,11 +53,13 @@ def check_model(graph_def, profile, input_specs):
                                     f"op type {op}{more} is not in the TF operator list of "
                                     f"{profile.name} ({profile.path.name}: atc.tf_ops)"))
     specs = {s.name: s for s in (input_specs or placeholder_specs(graph_def))}
+    dtypes = set(profile.atc.get("input_dtypes", []))
     for spec in specs.values():
-        if spec.dtype not in ATC_TF_INPUT_DTYPES:
+        if dtypes and spec.dtype not in dtypes:
             findings.append(Finding("error", "input-dtype", spec.name,
                                     f"input dtype {spec.dtype} is not accepted by ATC for "
-                                    f"TensorFlow ({', '.join(sorted(ATC_TF_INPUT_DTYPES))})"))
+                                    f"TensorFlow ({', '.join(sorted(dtypes))}; "
+                                    f"{profile.path.name}: atc.input_dtypes)"))
         if spec.shape is None or any(d is None or d < 0 for d in spec.shape):
             findings.append(Finding("error", "dynamic-shape", spec.name,
                                     f"input shape ({spec.shape_text() or 'unknown rank'}) is not "
