@@ -205,3 +205,13 @@ def test_hfmg_clips_outliers_and_beats_min_max():
     assert -22 < params.clip_min < -4 and 4 < params.clip_max < 22
     min_max = quant_params(*window_quantizer(x.min(), x.max()), 8)
     assert _dequant_mse(x, params) < 0.5 * _dequant_mse(x, min_max)
+
+
+def test_histogram_sample_stride_covers_every_channel():
+    from amct_targets.calibration.stats import HIST_SAMPLE_LIMIT, histogram_stride
+
+    assert histogram_stride(HIST_SAMPLE_LIMIT, 64) == 1
+    stride = histogram_stride(32 * 56 * 56 * 256, 256)  # 25.7M values: about 1M sampled
+    assert stride == 25 and np.gcd(stride, 256) == 1
+    assert histogram_stride(32 * 112 * 112 * 64, 64) == 25  # 24.5 -> 25, odd: coprime with 64
+    assert histogram_stride(40 * (1 << 20), 40) == 41  # 40 shares factors with 40: next is 41

@@ -66,7 +66,8 @@ def calibrate(model: Model, tensors: Sequence[str], params: Mapping[str, dict],
             k = (k_for_percentile(per_sample * batch_samples * total_batches, p)
                  if per_sample else 4096)
             params[name]["k"] = k
-            summary = batch_summary_tensors(x, k, params[name]["bins"])
+            size = per_sample * batch_samples if per_sample else None
+            summary = batch_summary_tensors(x, k, params[name]["bins"], size_hint=size)
             outputs[name] = [summary[key] for key in SUMMARY_KEYS]
         return outputs
 
