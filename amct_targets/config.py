@@ -72,3 +72,16 @@ def merge_amct_section(section: Mapping[str, Any], where: str, what: str) -> tup
         else:
             merged[key] = value
     return merged, where
+
+
+def split_amct_section(section: Mapping[str, Any], global_keys, where: str, what: str
+                       ) -> tuple[dict, dict[str, dict], str]:
+    """(global options, {layer: options}, where) of an AMCT-style section: known global
+    keys, and one mapping per layer name; anything else is an unknown option."""
+    merged, where = merge_amct_section(section, where, what)
+    layers = {k: dict(v) for k, v in merged.items()
+              if k not in global_keys and isinstance(v, Mapping)}
+    unknown = [k for k in merged if k not in global_keys and k not in layers]
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]}: unknown {what} option")
+    return {k: v for k, v in merged.items() if k in global_keys}, layers, where

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from amct_targets.approx.kernel import ALGO, MAX_CLIP_VALUE, FastSoftmaxParams, invalid_reason
-from amct_targets.config import merge_amct_section
+from amct_targets.config import split_amct_section
 from amct_targets.errors import ConfigError
 
 GLOBAL_KEYS = frozenset({"version", "batch_num", "batch_size", "skip_approximation_layers",
@@ -58,13 +58,9 @@ class ApproxSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "ApproxSettings":
-        merged, where = merge_amct_section(section, "passes.fast_softmax", "approximation")
-        layers = {k: dict(v) for k, v in merged.items()
-                  if k not in GLOBAL_KEYS and isinstance(v, Mapping)}
-        unknown = [k for k in merged if k not in GLOBAL_KEYS and k not in layers]
-        if unknown:
-            raise ConfigError(f"{where}: {unknown[0]}: unknown approximation option")
-        settings = cls({k: v for k, v in merged.items() if k in GLOBAL_KEYS}, layers, where)
+        globals_, layers, where = split_amct_section(section, GLOBAL_KEYS, "passes.fast_softmax",
+                                                     "approximation")
+        settings = cls(globals_, layers, where)
         for name in layers:
             settings._check_layer(name)
         return settings

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from amct_targets.config import merge_amct_section
+from amct_targets.config import split_amct_section
 from amct_targets.errors import ConfigError
 
 GLOBAL_KEYS = {"version", "batch_num", "batch_size", "activation_offset", "joint_quant",
@@ -81,13 +81,9 @@ class QuantSettings:
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> "QuantSettings":
-        merged, where = merge_amct_section(section, "passes.quantize", "quant")
-        layers = {k: dict(v) for k, v in merged.items()
-                  if k not in GLOBAL_KEYS and isinstance(v, Mapping)}
-        unknown = [k for k, v in merged.items() if k not in GLOBAL_KEYS and k not in layers]
-        if unknown:
-            raise ConfigError(f"{where}: {unknown[0]}: unknown quantization option")
-        settings = cls({k: v for k, v in merged.items() if k in GLOBAL_KEYS}, layers, where)
+        globals_, layers, where = split_amct_section(section, GLOBAL_KEYS, "passes.quantize",
+                                                     "quantization")
+        settings = cls(globals_, layers, where)
         for name, entry in layers.items():
             settings.activation_params(name)  # validate every override up front
         return settings
