@@ -69,6 +69,3 @@ def check_model(graph_def, profile, input_specs):
                                     "ATC rejects a dimension of 0"))
     return findings
 
-
-def has_errors(findings) -> bool:
-    return any(f.severity == "error" for f in findings)

@@ -99,14 +99,16 @@ class Sparsify4of2(CompressionPass):
         weights = {n: index.const_value(index.producer(index.nodes[n], 1)) for n in names}
         initial = {n: mask_4of2(weights[n], CIN_AXIS[ops[n]]) for n in names}
 
-        def factory():
+        holder = {}  # the trainable view, created by fit() inside the strategy's scope
+
+        def build():
             trainable = TrainableGraph(model, names)
             trainable.masks = {n: tf.Variable(initial[n], trainable=False,
                                               aggregation=tf.VariableAggregation.MEAN)
                                for n in names}
+            holder["trainable"] = trainable
             return trainable
 
-        holder = {}
         freq = int(ctx.config.get("update_freq", 0))
 
         def transform(name, w):
@@ -122,10 +124,6 @@ class Sparsify4of2(CompressionPass):
             for layer in trainable.layers:
                 trainable.masks[layer.name].assign(
                     mask_4of2(values[layer.weight_const], CIN_AXIS[ops[layer.name]]))
-
-        def build():
-            holder["trainable"] = factory()
-            return holder["trainable"]
 
         opts = options(ctx.config, {"epochs": 2, "learning_rate": 1e-4})
         trainable, history = fit(build, model, ctx.training, opts, transform=transform,
