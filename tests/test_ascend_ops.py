@@ -97,11 +97,26 @@ def test_conv_chain_is_integer_exact_with_half_ties(tmp_path):
     np.testing.assert_array_equal(got, _conv_reference(x, 0.5, -3, w_int8, bias, packed))
 
 
-def test_rint_ties_to_even_and_clips_like_the_kernel():
+def test_round_ties_away_from_zero_and_clips_like_the_kernel():
     x = np.array([0.25, 0.75, -0.25, -1.25, 100.0, -100.0], np.float32)
-    # x * 2 = .5, 1.5, -.5, -2.5 -> 0, 2, -0, -2; +-200 clip to 127 - (-3), -128 - (-3).
+    # C round: x * 2 = .5, 1.5, -.5, -2.5 -> 1, 2, -1, -3; +-200 clip to 127 - (-3), -128 - (-3).
     np.testing.assert_array_equal(ops.ref_ascend_quant(x, 2.0, -3),
-                                  [0, 2, 0, -2, 130, -125])
+                                  [1, 2, -1, -3, 130, -125])
+
+
+def test_round_half_away_is_exact_next_to_ties():
+    # 0.49999997 + 0.5 rounds to 1.0 in float32: a floor(x + 0.5) rounding would get it wrong.
+    x = np.array([0.49999997, -0.49999997, 2.5, -2.5, 1.5000001, 8388607.5, -0.0], np.float32)
+    np.testing.assert_array_equal(ops.round_half_away(x), [0, 0, 3, -3, 2, 8388608, 0])
+
+
+def test_simulated_quant_rounds_ties_away_from_zero(tmp_path):
+    x = np.array([[0.25, 0.75, -0.25, -1.25, 0.24999999, -0.24999999, 63.75, -64.25]],
+                 np.float32)
+    nodes = [_placeholder("x", (1, 8)), ops.ascend_quant_node("q", "x", 0.5, 0)]
+    got = _run(tmp_path, nodes, x)
+    np.testing.assert_array_equal(got, [[1, 2, -1, -3, 0, 0, 127, -128]])
+    np.testing.assert_array_equal(got, ops.ref_ascend_quant(x, 2.0, 0))
 
 
 def test_conv_chain_random_data_bit_identical(tmp_path):

@@ -3,7 +3,7 @@ deq_scale packing, NumPy references of the tf_adapter CPU kernels, and simulatio
 that rewrite each op into stock TensorFlow ops with the same float32 numerics.
 
     AscendQuant(x; scale=1/scale_d, offset=offset_d, dst_type)
-        q = clip(rint(x * scale) + offset, -2^(b-1), 2^(b-1) - 1); y = q - offset
+        q = clip(round(x * scale) + offset, -2^(b-1), 2^(b-1) - 1); y = q - offset
     AscendWeightQuant(x int8, offset_w int8)            y = x - offset_w
     AscendDequant(x, deq_scale uint64; ksize, format)  y = x * deq, with the shift-N path
                                                         (see ref_ascend_dequant)
@@ -11,8 +11,9 @@ that rewrite each op into stock TensorFlow ops with the same float32 numerics.
 
 Kernel details followed here (Ascend/tensorflow tf_adapter/kernels/aicore/amct_*.cc):
 - AscendQuant takes its bit width from dst_type (INT4 -> 4, INT8 -> 8), not from quant_bits.
-  The kernel calls C `round` (ties away from zero); ASCEND_FACTS says the device rounds
-  rint (ties to even), which is what this simulation and the references do.
+  The kernel calls C `round` (ties away from zero, ASCEND_FACTS 9), and so do the reference
+  and the simulation here. Whether the AI Core rounds ties the same way is not documented;
+  the two differ only on exact ties.
 - AscendDequant multiplies x by ksize[0]*ksize[1] first and divides by it at the end (an
   AvgPool output times the window area is the int32 sum the device shifts). Only the shift-N
   path makes that differ from x * deq.
@@ -122,11 +123,19 @@ def ascend_anti_quant_node(name: str, input_name: str, scale: float,
 
 # --- NumPy references of the CPU kernels (float32 like the kernels) ---------------------------
 
+def round_half_away(x) -> np.ndarray:
+    """C `round`: to the nearest integer, ties away from zero (exact in float32)."""
+    x = np.asarray(x, np.float32)
+    whole = np.floor(np.abs(x))
+    up = (np.abs(x) - whole) >= np.float32(0.5)   # the fraction is exact in float32
+    return (np.sign(x) * (whole + up)).astype(np.float32)
+
+
 def ref_ascend_quant(x, scale: float, offset: float, num_bits: int = 8) -> np.ndarray:
     """`scale`, `offset` are the op's attributes (scale = 1/scale_d)."""
     half = np.float32(2 ** (num_bits - 1))
     offset = np.float32(offset)
-    q = np.rint(np.asarray(x, np.float32) * np.float32(scale)) + offset
+    q = round_half_away(np.asarray(x, np.float32) * np.float32(scale)) + offset
     return np.clip(q, -half, half - 1) - offset
 
 
@@ -228,7 +237,15 @@ def _build_quant(e: _Expansion, node, by_name) -> None:
     half = 2 ** (DST_BITS[dst] - 1)
     offset = e.const("offset", np.float32(node.attr["offset"].f))
     scaled = e.op("mul", "Mul", [e.inputs[0], e.const("scale", np.float32(node.attr["scale"].f))])
-    shifted = e.op("add", "AddV2", [e.op("round", "Round", [scaled]), offset])
+    # C round (ties away from zero) from exact float32 steps: sign(x) * (floor|x| + (frac >= .5))
+    magnitude = e.op("abs", "Abs", [scaled])
+    whole = e.op("floor", "Floor", [magnitude])
+    fraction = e.op("fraction", "Sub", [magnitude, whole])
+    up = e.op("up", "Cast", [e.op("half", "GreaterEqual", [fraction, e.const(
+        "one_half", np.float32(0.5))])], SrcT=_type(types_pb2.DT_BOOL), DstT=_type())
+    rounded = e.op("round", "Mul", [e.op("sign", "Sign", [scaled]),
+                                    e.op("whole_up", "AddV2", [whole, up])])
+    shifted = e.op("add", "AddV2", [rounded, offset])
     clipped = e.op("clip", "ClipByValue", [shifted, e.const("min", np.float32(-half)),
                                            e.const("max", np.float32(half - 1))])
     e.op("sub", "Sub", [clipped, offset])
