@@ -118,8 +118,11 @@ class Page(HTMLParser):
         if self._cell is not None:
             self._cell.append(data)
 
-    def column(self, table: str, index: int) -> list[str]:
-        return [cells[index] for _, cells in self.tables[table]]
+    def column(self, table: str, key: int | str) -> list[str]:
+        """The cells' text of a column, by position or by its header's data-key."""
+        if isinstance(key, str):
+            key = [h.get("data-key") for h in self.headers[table]].index(key)
+        return [cells[key] for _, cells in self.tables[table]]
 
 
 def open_page(chromium: str, page: Path, query: str = "", tmp: Path | None = None) -> Page:
@@ -151,8 +154,8 @@ def test_target_pages_load_without_errors_and_list_every_quantized_layer(build, 
         assert len(quantized) == 4
         assert [attrs["data-layer"] for attrs, _ in rows] == quantized
         assert all(attrs["data-status"] == "quantized" for attrs, _ in rows)
-        # SQNR column (7th cell) shows report.json's value to 2 decimals
-        assert dom.column("layers", 6) == [f"{e['sqnr_db']:.2f}" for e in quant_layers(report)]
+        assert dom.column("layers", "sqnr_db") == [f"{e['sqnr_db']:.2f}"
+                                                   for e in quant_layers(report)]
         assert dom.column("passes", 1) == [p["name"] for p in report["passes"]]
         assert dom.column("passes", 2) == ["RUN" if p["status"] == "ran" else "SKIP"
                                            for p in report["passes"]]
@@ -189,9 +192,8 @@ def test_float_layers_sort_last_both_ways_and_show_their_reason(retrained, chrom
         assert order == [e["layer"] for e in sorted(
             quantized, key=lambda e: e["cosine"], reverse=direction == "desc")] + [
             floating["layer"]]
-    row = next(cells for attrs, cells in dom.tables["layers"]
-               if attrs["data-layer"] == floating["layer"])
-    assert row[3] == "float" and row[4] == floating["reason"]
+    assert dom.column("layers", "status")[-1] == "float"
+    assert dom.column("layers", "reason") == [""] * len(quantized) + [floating["reason"]]
 
 
 def test_pages_reference_nothing_outside_the_file(build, retrained):
@@ -212,8 +214,8 @@ def test_index_has_one_row_per_target_with_links_passes_and_check_status(build, 
     assert [attrs["data-target"] for attrs, _ in rows] == TARGETS
     assert [link for link in dom.links] == [f"{t}/report.html" for t in TARGETS]
     assert all((build / link).is_file() for link in dom.links)
-    assert dom.column("targets", 2) == ["fold_bn, quantize"] * 2
-    assert dom.column("targets", 4) == ["4", "4"]     # INT8 layers
+    assert dom.column("targets", "passes") == ["fold_bn, quantize"] * 2
+    assert dom.column("targets", "int8") == ["4", "4"]
     expected = []
     for target in TARGETS:
         checks = json.loads((build / target / "report.json").read_text())["checks"]
@@ -221,7 +223,7 @@ def test_index_has_one_row_per_target_with_links_passes_and_check_status(build, 
         warnings = len(checks) - errors
         expected.append(f"error {errors}" if errors else f"warning {warnings}" if warnings
                         else "ok")
-    assert dom.column("targets", 12) == expected  # ATC check
+    assert dom.column("targets", "check") == expected
     dom = open_page(chromium, build / "index.html", "?sort=targets:target:desc", tmp=build)
     assert [attrs["data-target"] for attrs, _ in dom.tables["targets"]] == TARGETS[::-1]
 
@@ -249,6 +251,10 @@ def test_new_report_fields_render_evaluation_histograms_curves_stats_autocalibra
     assert dom.column("cures", 0) == ["cross_layer_equalization", "bias_correction"]
     (fallback,) = dom.tables["fallback"]
     assert fallback[1][:2] == [quant_layers(rich)[-1]["layer"], "0.981"]
+    index = open_page(chromium, out / "index.html", tmp=out)
+    assert [index.column("targets", key) for key in ("float_top1", "top1", "change",
+                                                      "agreement")] == \
+        [["99.11"], ["98.67"], ["-0.44"], ["99.33"]]
 
 
 def test_reports_without_the_new_fields_render_curves_from_pass_losses(retrained, tmp_path,
@@ -316,7 +322,7 @@ def test_hostile_names_show_as_text_in_the_browser(build, tmp_path, chromium):
     dom = open_page(chromium, tmp_path / "report.html")
     assert "data-pwned" not in dom.root
     assert [a["data-layer"] for a, _ in dom.tables["layers"]][:3] == HOSTILE_LAYERS
-    assert dom.column("layers", 1)[:3] == HOSTILE_LAYERS
+    assert dom.column("layers", "layer")[:3] == HOSTILE_LAYERS
     assert dom.column("findings", 3) == ["</td></tr></table><script>x()</script>"]
 
 

@@ -34,13 +34,41 @@ RC = {
 }
 MAX_LABEL = 42
 POOR_SQNR_DB, FAIR_SQNR_DB = 15.0, 25.0
-_ID = re.compile(r'\bid="([^"]+)"')
+CHAR_INCHES = 0.068  # mean advance of a DejaVu Sans character at 8.5 pt, plus a margin
+_ID = re.compile(r'<([A-Za-z]+) id="([^"]+)"')  # a tag's id: `<` in text is always escaped
 
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _layer_figure(labels: list[str]):
+    """A figure with one row per layer. Margins come from the longest label: constrained
+    layout measures every tick label twice, seconds for a few hundred layers."""
+    from matplotlib.figure import Figure
+
+    width, height = 8.6, 0.9 + 0.2 * len(labels)
+    label_inches = 0.25 + CHAR_INCHES * max(len(t.replace("\\$", "$")) for t in labels)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=min(label_inches / width, 0.5), right=0.98,
+                        top=1 - 0.35 / height, bottom=0.6 / height, wspace=0.06)
+    return fig
+
+
+def _log_axis_in_decades(axis, values: Iterable[float]) -> None:
+    """Log scale whose limits are whole decades, labelled only at powers of ten (matplotlib
+    labels the minor ticks of a span under one decade, and they overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    axis.axes.set_xscale("log")
+    axis.set_minor_formatter(NullFormatter())
+    if finite:
+        low = math.floor(math.log10(min(finite)))
+        high = max(math.ceil(math.log10(max(finite))), low + 1)
+        axis.axes.set_xlim(10.0 ** low, 10.0 ** high)
 
 
 def render_svg(fig, key: str) -> Markup:
@@ -60,14 +88,21 @@ def render_svg(fig, key: str) -> Markup:
     referenced = set(re.findall(r'(?:url\(#|href="#)([^)"]+)', text))
 
     def rename(match: re.Match) -> str:
-        name = match.group(1)
-        return f'id="{prefix}-{name}"' if name in referenced else ""
+        tag, name = match.groups()
+        return f'<{tag} id="{prefix}-{name}"' if name in referenced else f"<{tag}"
 
     text = _ID.sub(rename, text)
     for name in referenced:
         text = text.replace(f"url(#{name})", f"url(#{prefix}-{name})")
         text = text.replace(f'href="#{name}"', f'href="#{prefix}-{name}"')
     text = text.replace("<g >", "<g>")
+    # Whitespace and no-op rotations matplotlib writes: about a third of the bytes.
+    text = re.sub(r'\s*transform="rotate\(-0 [^"]*\)"', "", text)
+    text = re.sub(r"\s*\n\s*", " ", text)
+    text = re.sub(r">\s+<", "><", text)
+    text = text.replace(' "/>', '"/>')
+    while "<g></g>" in text:
+        text = text.replace("<g></g>", "")
     text = text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{_attr(key)}" ', 1)
     # matplotlib escapes every text and attribute it writes, so the result is markup.
     return Markup(text)
@@ -110,16 +145,18 @@ def layer_fidelity(layers: Iterable[QuantLayer]) -> Markup | None:
     distance = [max(1.0 - q.cosine, 1e-12) if q.cosine is not None else math.nan for q in rows]
     colors = [fidelity_color(s) for s in sqnr]
     with matplotlib.rc_context(RC):
-        fig = _figure(8.6, 0.9 + 0.2 * len(rows))
+        fig = _layer_figure(names)
         left, right = fig.subplots(1, 2, sharey=True, width_ratios=[1.15, 1])
         positions = list(range(len(rows)))
+        for ax in (left, right):
+            ax.grid(axis="y", visible=False)
         left.barh(positions, sqnr, color=colors, height=0.7)
         left.set_yticks(positions, names)
         left.set_ylim(len(rows) - 0.5, -0.5)
         left.set_xlabel("SQNR (dB), higher is better")
         left.set_title("output SQNR vs float")
         right.barh(positions, distance, color=colors, height=0.7)
-        right.set_xscale("log")
+        _log_axis_in_decades(right.xaxis, distance)
         right.set_xlabel("1 − cosine (log), lower is better")
         right.set_title("output cosine distance vs float")
         return render_svg(fig, "layer-fidelity")
@@ -161,16 +198,19 @@ def weight_scales(layers: Iterable[QuantLayer]) -> Markup | None:
         return None
     import matplotlib
 
+    names = [layer_label(q) for q in rows]
     with matplotlib.rc_context(RC):
-        fig = _figure(8.6, 0.9 + 0.2 * len(rows))
+        fig = _layer_figure(names)
         ax = fig.subplots()
         positions = list(range(len(rows)))
         ax.hlines(positions, [q.scale_w_min for q in rows], [q.scale_w_max for q in rows],
                   color=BLUE, linewidth=4)
         ax.plot([q.scale_w_min for q in rows], positions, "|", color=BLUE, markersize=9)
         ax.plot([q.scale_w_max for q in rows], positions, "|", color=BLUE, markersize=9)
-        ax.set_xscale("log")
-        ax.set_yticks(positions, [layer_label(q) for q in rows])
+        _log_axis_in_decades(ax.xaxis, [q.scale_w_min for q in rows] +
+                             [q.scale_w_max for q in rows])
+        ax.grid(axis="y", visible=False)
+        ax.set_yticks(positions, names)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlabel("weight scale (log): per-channel minimum to maximum")
         ax.set_title("weight scale ranges")

@@ -37,7 +37,7 @@ def environment():
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters.update(num=format_number, count=format_count, size=format_bytes,
                        pct=format_percent, cell=format_cell, sortkey=sort_key,
-                       signed=format_signed)
+                       signed=format_signed, breakable=breakable)
     assets = resources.files("amct_targets.report") / "templates"
     # Static assets are read as-is, never parsed as templates, and inlined verbatim.
     env.globals.update(style=Markup((assets / "report.css").read_text(encoding="utf-8")),
@@ -92,6 +92,11 @@ def format_cell(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, sort_keys=True)[:200]
     return str(value)
+
+
+def breakable(name: Any) -> Markup:
+    """A layer name, escaped, that may wrap after each `/` (<wbr> adds no text)."""
+    return Markup("/<wbr>").join(str(name).split("/"))
 
 
 def sort_key(value: Any) -> str:
