@@ -13,7 +13,7 @@ import math
 import re
 from typing import Iterable
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from amct_targets.report.view import PERCENT_METRICS, AutoCalibration, Curve, QuantLayer
 
@@ -103,14 +103,9 @@ def render_svg(fig, key: str) -> Markup:
     text = text.replace(' "/>', '"/>')
     while "<g></g>" in text:
         text = text.replace("<g></g>", "")
-    text = text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{_attr(key)}" ', 1)
+    text = text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{escape(key)}" ', 1)
     # matplotlib escapes every text and attribute it writes, so the result is markup.
     return Markup(text)
-
-
-def _attr(text: str) -> str:
-    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
-            .replace(">", "&gt;"))
 
 
 def label(text: str, limit: int = MAX_LABEL) -> str:
@@ -272,7 +267,7 @@ def auto_calibration_search(auto: AutoCalibration) -> Markup | None:
                         fontsize=7)
         ax.margins(x=0.15, y=0.2)
         ax.set_xlabel("layers kept in float (blue: budget met)")
-        ax.set_ylabel(label(auto.metric, 30))
+        ax.set_ylabel(label(auto.metric, 30) + (" (%)" if auto.unit else ""))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title("auto-calibration search", loc="left")
         return render_svg(fig, "auto-calibration")

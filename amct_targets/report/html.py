@@ -36,8 +36,8 @@ def environment():
         autoescape=True, trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters.update(num=format_number, count=format_count, size=format_bytes,
-                       pct=format_percent, cell=format_cell, sortkey=sort_key,
-                       signed=format_signed, breakable=breakable)
+                       cell=format_cell, sortkey=sort_key,
+                       breakable=breakable)
     assets = resources.files("amct_targets.report") / "templates"
     # Static assets are read as-is, never parsed as templates, and inlined verbatim.
     env.globals.update(style=Markup((assets / "report.css").read_text(encoding="utf-8")),
@@ -51,29 +51,22 @@ def format_number(value: Any, spec: str = ".4g") -> str:
     return DASH if value is None else format(value, spec)
 
 
-def format_signed(value: Any, spec: str = "+.2f") -> str:
-    return format_number(value, spec)
-
-
 def format_count(value: Any) -> str:
     value = number(value)
     return DASH if value is None else f"{value:,.0f}"
-
-
-def format_percent(value: Any, digits: int = 2) -> str:
-    value = number(value)
-    return DASH if value is None else f"{value:.{digits}f}%"
 
 
 def format_bytes(value: Any) -> str:
     value = number(value)
     if value is None:
         return DASH
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1024 or unit == "GB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+    if abs(value) < 1024:
+        return f"{value:,.0f} B"
+    for unit in ("KB", "MB", "GB"):
         value /= 1024
-    return DASH
+        if abs(value) < 1024 or unit == "GB":
+            break
+    return f"{value:,.1f} {unit}"
 
 
 def format_cell(value: Any) -> str:
