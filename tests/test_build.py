@@ -38,7 +38,8 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
         assert on_disk["input_sha256"] == sha(demo_pb)
         assert on_disk["artifacts"] == {"pb": "digits_cnn.pb", "atc_script": "atc.sh",
                                         "report": "report.json", "record": "record.txt",
-                                        "quant_config": "quant_config.json"}
+                                        "quant_config": "quant_config.json",
+                                        "report_html": "report.html"}
         assert on_disk["checks"] == []
         fold = on_disk["passes"][0]
         assert (fold["name"], fold["status"]) == ("fold_bn", "ran")
