@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 from amct_targets.config import load_build_config
 from amct_targets.data import as_input_arrays, load_training
 from amct_targets.deploy import atc as atc_mod
-from amct_targets.errors import AmctError, ConfigError, PluginError
+from amct_targets.errors import AmctError, ConfigError, PluginError, describe
 from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import PassContext
@@ -75,17 +75,7 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                               ops=session.plugins.ops, quantizers=session.plugins.quantizers)
             session.progress(f"{profile.name}: running {step.name}")
             started = time.perf_counter()
-            try:
-                result = registered.impl.apply(model, ctx)
-            except AmctError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"pass '{step.name}' (plugin '{step.plugin}') failed on target "
-                                  f"{profile.name}: {type(exc).__name__}: {exc}") from exc
-            if not isinstance(result, Model):
-                raise PluginError(f"pass '{step.name}' (plugin '{step.plugin}') returned "
-                                  f"{type(result).__name__}, not a Model")
-            model = result
+            model = _apply_pass(session, registered, model, ctx, profile)
             entry.update(status="ran", layers=ctx.report.layers,
                          seconds=round(time.perf_counter() - started, 3))
             if ctx.report.metrics:
@@ -96,6 +86,28 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                 entry["artifacts"] = dict(ctx.report.artifacts)
         entries.append(entry)
     return model, entries
+
+
+def _apply_pass(session, registered, model: Model, ctx: PassContext, profile) -> Model:
+    """`registered.impl.apply(model, ctx)`, wrapped: any failure (SystemExit included) is one
+    PluginError naming the pass; a plugin's pass works on a private copy of the model and may
+    not edit it in place (the next pass or target would see the edit)."""
+    builtin = session.plugins.origins.get(registered.plugin) == "builtin"
+    given = model if builtin else model.replace(graph_def=model.copy_graph_def())
+    before = None if builtin else given.serialize()
+    where = f"pass '{registered.name}' (plugin '{registered.plugin}')"
+    try:
+        result = registered.impl.apply(given, ctx)
+    except (AmctError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: B036 - a plugin may not end or crash the tool
+        raise PluginError(f"{where} failed on target {profile.name}: {describe(exc)}") from None
+    if not isinstance(result, Model):
+        raise PluginError(f"{where} returned {type(result).__name__}, not a Model")
+    if before is not None and given.serialize() != before:
+        raise PluginError(f"{where} changed the graph of its input model in place; a pass must "
+                          "edit model.copy_graph_def() and return model.replace(graph_def=...)")
+    return result
 
 
 def check_graph(session, graph_def, profile, input_specs) -> list:

@@ -228,3 +228,46 @@ def test_conv_feeding_a_conv_and_a_residual_add_reads_the_dequantized_value(tmp_
     sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - simulated) ** 2))
     assert sqnr > 25
     assert all(e["sqnr_db"] > 25 for e in quant_entry(report)["layers"])
+
+
+def test_avgpool_is_quantized_with_its_window_as_dequant_ksize(tmp_path):
+    """ASCEND_FACTS 9: AscendQuant before the pool, the pool on q - offset, AscendDequant
+    after it with ksize = the window and deq_scale = scale_d (scale_w 1, no shift)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 6, 6, 4], name="x")
+        pooled = tf.nn.avg_pool2d(tf.nn.relu(x), 3, 2, "SAME", name="pool")
+        tf.identity(pooled, name="out")
+    pb = tmp_path / "pool.pb"
+    pb.write_bytes(graph.as_graph_def().SerializeToString())
+    calib = rng.normal(0, 1, (32, 6, 6, 4)).astype(np.float32)
+    report = at.build(pb, "ascend310", calib=calib, output_dir=tmp_path / "o")["ascend310"]
+    (entry,) = quant_entry(report)["layers"]
+    assert (entry["layer"], entry["op"], entry["status"]) == ("pool", "AvgPool", "quantized")
+    assert entry["scale_w_min"] == entry["scale_w_max"] == 1.0 and not entry["channel_wise"]
+    deployed = tmp_path / "o" / "ascend310" / "pool.pb"
+    nodes = {n.name: n for n in read_graph_def(deployed, importable=False).node}
+    dequant = nodes["pool/ascend_dequant"]
+    assert list(dequant.attr["ksize"].list.i) == [3, 3]
+    from tensorflow.python.framework import tensor_util
+
+    deq, shift, _ = ascend_ops.unpack_deq_scale(
+        tensor_util.MakeNdarray(nodes["pool/deq_scale"].attr["value"].tensor))
+    assert deq.tolist() == [np.float32(entry["scale_d"])] and shift.tolist() == [0]
+    samples = rng.normal(0, 1, (4, 6, 6, 4)).astype(np.float32)
+    run = at.load_simulation(deployed, outputs=["pool/ascend_quant", "pool", "out"])
+    out = run({"x": samples})
+    quant = nodes["pool/ascend_quant"]
+    q = ascend_ops.ref_ascend_quant(np.maximum(samples, 0), quant.attr["scale"].f,
+                                    quant.attr["offset"].f)
+    np.testing.assert_array_equal(out["pool/ascend_quant"], q)      # the AscendQuant kernel
+    # the pool of integers q - offset_d, then the AscendDequant kernel, bit for bit
+    window = tf.nn.avg_pool2d(q, 3, 2, "SAME").numpy()
+    np.testing.assert_array_equal(out["pool"], window)
+    np.testing.assert_array_equal(out["out"], ascend_ops.ref_ascend_dequant(
+        window, tensor_util.MakeNdarray(nodes["pool/deq_scale"].attr["value"].tensor), (3, 3)))
+    reference = at.load_simulation(pb)(samples)
+    assert np.max(np.abs(out["out"] - reference)) <= entry["scale_d"] / 2 + 1e-6

@@ -82,8 +82,21 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     low = tf.where(nonempty, tf.reduce_min(flat), 0.0)
     high = tf.where(nonempty, tf.reduce_max(flat), 0.0)
     hist_high = tf.where(high > low, high, low + tf.maximum(1.0, tf.abs(low)))
+    # inf or NaN activations (data far out of range) are reported, never histogrammed: the
+    # histogram kernel would index out of bounds. A range wider than float32 (-3e38..3e38)
+    # is histogrammed at half scale, which is exact and moves no value to another bin.
+    finite = tf.math.is_finite(low) & tf.math.is_finite(high) & tf.reduce_all(
+        tf.math.is_finite(sample))
+    wide = ~tf.math.is_finite(hist_high - low)
+
+    def histogram():
+        factor = tf.where(wide, 0.5, 1.0)
+        return tf.histogram_fixed_width(sample * factor, tf.stack([low, hist_high]) * factor,
+                                        nbins=int(bins), dtype=tf.int64)
+
     return {
         "count": count,
+        "finite": finite,
         "min": low,
         "max": high,
         "top": tf.math.top_k(flat, kept, sorted=True).values,
@@ -91,8 +104,7 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
         # top-k pass (it is a third of the summary's cost) and report the batch minimum.
         "bottom": tf.cond(low < 0.0, lambda: -tf.math.top_k(-flat, kept, sorted=True).values,
                           lambda: tf.fill([kept], low)),
-        "hist": tf.histogram_fixed_width(sample, tf.stack([low, hist_high]), nbins=int(bins),
-                                         dtype=tf.int64),
+        "hist": tf.cond(finite, histogram, lambda: tf.zeros([int(bins)], tf.int64)),
     }
 
 
@@ -132,6 +144,8 @@ class ActivationStats:
         n = int(summary["count"])
         if n == 0:
             return
+        if not bool(summary.get("finite", True)):
+            raise ValueError("the tensor holds infinite or NaN values")
         low, high = float(summary["min"]), float(summary["max"])
         counts = np.asarray(summary["hist"], dtype=np.float64)
         if counts.shape != (self.bins,):

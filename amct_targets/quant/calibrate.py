@@ -19,7 +19,7 @@ from amct_targets.graph.model import Model
 from amct_targets.graph.run import GraphRunner
 from amct_targets.quant.algorithms import StatsRequest
 
-SUMMARY_KEYS = ("count", "min", "max", "top", "bottom", "hist")
+SUMMARY_KEYS = ("count", "finite", "min", "max", "top", "bottom", "hist")
 UNKNOWN_SIZE_K = 4096   # extreme values kept when a tensor's size is not static
 
 
@@ -34,6 +34,11 @@ def batches(arrays: Mapping[str, np.ndarray], batch_num: int, batch_size: int | 
                           f"has {total}. Give more data or lower batch_num / batch_size")
     return [{k: v[i * size:(i + 1) * size] for k, v in arrays.items()}
             for i in range(batch_num)]
+
+
+def _largest_input(batch: Mapping[str, np.ndarray]) -> float:
+    return max(float(np.max(np.abs(v))) if np.size(v) and np.asarray(v).dtype.kind == "f"
+               else 0.0 for v in batch.values())
 
 
 def merge_requests(requests: Sequence[StatsRequest]) -> StatsRequest:
@@ -89,8 +94,13 @@ def calibrate(model: Model, requests: Mapping[str, StatsRequest],
         progress(f"calibration batch {index + 1}/{total_batches}")
         results = (run_first if index == 0 else run_rest)(*[batch[n] for n in model.input_names])
         for position, name in enumerate(tensors):
-            chunk = results[position * width:(position + 1) * width]
-            stats[name].update(dict(zip(SUMMARY_KEYS, chunk)))
+            chunk = dict(zip(SUMMARY_KEYS, results[position * width:(position + 1) * width]))
+            if not bool(chunk["finite"]):
+                raise ConfigError(f"calibration batch {index + 1}: tensor '{name}' becomes "
+                                  "infinite or NaN on this data (values far out of range, "
+                                  f"up to {_largest_input(batch):.3g} in the inputs?); scale "
+                                  "the calibration data like the training data")
+            stats[name].update(chunk)
         if index == 0 and extra:
             first_extra = results[len(flat):]
         del results

@@ -66,18 +66,24 @@ def select_int8_layers(model: Model, profile, settings: QuantSettings, layouts
 
 
 def quantize_weights(selection: Int8Selection, quantizers, layer: QuantLayer,
-                     weights: np.ndarray):
-    """The weight algorithm's result for one layer (per channel when allowed)."""
+                     weights: np.ndarray | None):
+    """The weight algorithm's result for one layer (per channel when allowed); a layer
+    without weights (AvgPool) has scale_w = 1."""
+    from amct_targets.quant.algorithms import WeightQuant
+
+    if weights is None:
+        return WeightQuant(np.ones(1, np.float32), np.zeros(1, np.int8), None)
     params = selection.params[layer.name]["weight"]
     algorithm = quantizers.weights[params["wts_algo"]]
     axes = layer.channel_axes if params["channel_wise"] else None
     return algorithm.compute(weights, axes, params)
 
 
-def layer_output(index: GraphIndex, layer: str) -> str:
-    """The float tensor a quantized layer's AscendDequant stands for (after a Const bias)."""
-    bias = bias_of(index, layer)
-    return tensor_name(bias[0].name if bias else layer)
+def layer_output(index: GraphIndex, layer: QuantLayer) -> str:
+    """The float tensor a quantized layer's AscendDequant stands for (after a Const bias,
+    which a layer with weights takes into its int32 accumulator)."""
+    bias = bias_of(index, layer.name) if layer.weight_node is not None else None
+    return tensor_name(bias[0].name if bias else layer.name)
 
 
 def similarity(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
@@ -97,7 +103,7 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
     """Each layer's output in the simulated INT8 model against float, both run on the same
     `sample` inputs (whole tensors compared, whatever their rank)."""
     index = GraphIndex(model.graph_def)
-    float_names = [layer_output(index, q.layer.name) for q in quants]
+    float_names = [layer_output(index, q.layer) for q in quants]
     float_run = GraphRunner(model.graph_def, model.input_names, sorted(set(float_names)),
                             ops=ops, where=model.source)
     reference = float_run.run_dict(sample)

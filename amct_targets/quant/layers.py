@@ -118,15 +118,15 @@ def _qualify(node, index: GraphIndex, rules, layouts, skip_layers, skip_layer_ty
     layout = layouts.get(node.op)
     if layout is None:
         return f"{node.op} has no registered layer layout; left in float"
-    if layout.weight_index is None:
-        return (f"{node.op} quantization is not implemented yet (its AscendDequant ksize "
-                "convention is unverified); left in float")
     violation = _violations(node, rules[node.op].get("attrs", {}))
     if violation:
         return f"unsupported attribute {violation}"
     dtype = node.attr.get("T")
     if dtype is not None and dtype.type != 1:  # DT_FLOAT
         return "not a float32 layer"
+    if layout.weight_index is None and node.attr.get("data_format") is not None and \
+            node.attr["data_format"].s not in (b"", b"NHWC"):
+        return f"data_format {node.attr['data_format'].s.decode()}; only NHWC pools quantize"
     return resolve_layer(index, node, layouts)
 
 

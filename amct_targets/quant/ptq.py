@@ -34,7 +34,8 @@ def post_training_quantize(model: Model, ctx) -> Model:
     for layer in selection.layers:
         act = selection.params[layer.name]["activation"]
         params = ctx.quantizers.activations[act["act_algo"]].compute(stats[layer.act_input], act)
-        weights = index.const_value(index.nodes[layer.weight_node])
+        weights = (index.const_value(index.nodes[layer.weight_node])
+                   if layer.weight_node is not None else None)
         result = quantize_weights(selection, ctx.quantizers, layer, weights)
         quants.append(LayerQuant(layer, float(params.scale), int(params.offset),
                                  np.asarray(result.scale, np.float32), result.quantized))

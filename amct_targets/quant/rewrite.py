@@ -33,7 +33,7 @@ class LayerQuant:
     scale_d: float
     offset_d: int
     scale_w: np.ndarray        # float32, per output channel or shape (1,)
-    weights_int8: np.ndarray
+    weights_int8: np.ndarray | None   # None for a layer without weights (AvgPool)
 
 
 def _rewire(graph_def, old: str, new: str, skip: set[str]) -> None:
@@ -65,13 +65,23 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
         new_nodes.append(ascend_ops.ascend_quant_node(quant_name, layer.act_input, q.scale_d,
                                                       q.offset_d))
         node.input[input_slot(node, layer.act_index)] = quant_name
+        last = layer.name
+        if layer.weight_node is None:
+            # A pool (ASCEND_FACTS 9): it averages q - offset_d; AscendDequant multiplies by
+            # scale_d (scale_w = 1, no shift) and carries the pool's window as ksize.
+            ksize = tuple(node.attr["ksize"].list.i)[1:3]
+            deq_const, dequant = f"{layer.name}/deq_scale", f"{layer.name}/ascend_dequant"
+            new_nodes += [ascend_ops.const_node(deq_const, ascend_ops.pack_deq_scale(deq)),
+                          ascend_ops.ascend_dequant_node(dequant, last, deq_const, ksize=ksize)]
+            rewires.append((last, dequant))
+            outputs = [tensor_name(dequant) if o == tensor_name(last) else o for o in outputs]
+            continue
         int8_name, offset_name = f"{layer.name}/weight_int8", f"{layer.name}/weight_offset"
         weight_quant = f"{layer.name}/ascend_weight_quant"
         new_nodes += [ascend_ops.const_node(int8_name, q.weights_int8),
                       ascend_ops.const_node(offset_name, np.zeros(1, np.int8)),
                       ascend_ops.ascend_weight_quant_node(weight_quant, int8_name, offset_name)]
         node.input[input_slot(node, layer.weight_index)] = weight_quant
-        last = layer.name
         bias_node = bias_of(index, layer.name)
         if bias_node is not None:
             bias_add, bias_const = bias_node

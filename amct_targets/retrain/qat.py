@@ -86,6 +86,8 @@ def quantization_aware_training(model: Model, ctx) -> Model:
         for layer in layers}
 
     def apply_mask(name, weights):
+        if weights is None:
+            return None
         mask = masks.get(by_name[name].weight_node)
         return weights if mask is None else weights * mask
 
@@ -102,7 +104,7 @@ def quantization_aware_training(model: Model, ctx) -> Model:
     quants = []
     for layer in layers:
         scale_d, offset_d = nudged_quant_params(*learned[layer.name])
-        weights = apply_mask(layer.name, values[layer.weight_node])
+        weights = apply_mask(layer.name, values.get(layer.weight_node))
         result = quantize_weights(selection, ctx.quantizers, layer, weights)
         quants.append(LayerQuant(layer, scale_d, offset_d, np.asarray(result.scale, np.float32),
                                  result.quantized))

@@ -68,9 +68,11 @@ class TrainableGraph:
         for item in layers:
             layer = item if isinstance(item, Layer) else resolve_layer(
                 index, index.nodes[item], layouts)
-            if not isinstance(layer, Layer) or layer.weight is None:
+            if not isinstance(layer, Layer):
                 raise ModelError(f"layer '{item}' cannot be retrained: {layer}")
             resolved[layer.name] = layer
+            if layer.weight is None:   # a pool: only its activation may be fake-quantized
+                continue
             bias = bias_of(index, layer.name)
             self.layers.append(TrainedLayer(layer.name, layer.weight, bias[1] if bias else None))
         self.act_ranges = dict(act_ranges or {})
