@@ -190,6 +190,16 @@ def test_dequant_all_channels_shifted_and_avgpool_area(tmp_path):
     np.testing.assert_array_equal(got, ops.ref_ascend_dequant(pooled, packed, ksize=(2, 2)))
 
 
+def test_dequant_area_9_per_channel_is_not_reassociated_by_grappler(tmp_path):
+    # A 3x3 AvgPool: (x * 9) * deq / 9 must keep its roundings; Grappler folds a chain of Mul
+    # and RealDiv by constants into x * (9 * deq) / 9 or t * (deq / 9), 1 ulp off.
+    rng = np.random.default_rng(6)
+    pooled = (rng.standard_normal((2, 6, 6, 3)) * 100).astype(np.float32)
+    packed = ops.pack_deq_scale(rng.uniform(0.01, 0.1, 3).astype(np.float32))
+    got = _run(tmp_path, _dequant_graph(packed, pooled.shape, ksize=(3, 3)), pooled)
+    np.testing.assert_array_equal(got, ops.ref_ascend_dequant(pooled, packed, ksize=(3, 3)))
+
+
 def test_anti_quant_is_x_times_scale(tmp_path):
     x = np.arange(-128, 128, dtype=np.float32).reshape(16, 16)
     nodes = [_placeholder("x", x.shape), ops.ascend_anti_quant_node("aq", "x", 6 / 255, 0.0)]

@@ -207,7 +207,10 @@ def _build_dequant(node, e: ExpansionBuilder) -> None:
     deq, shift = _decode(packed, data_format)
     t = e.inputs[0]
     if area != 1:
-        t = e.op("area", "Mul", [t, e.const("area_factor", np.float32(area))])
+        # MulNoNan (= Mul for a non-zero factor), not Mul: Grappler reassociates chains of Mul
+        # ((x * 9) * deq -> x * (9 * deq), arithmetic optimizer and constant folding), which
+        # moves the last bit of a float32 result; MulNoNan/DivNoNan stay out of such chains.
+        t = e.op("area", "MulNoNan", [t, e.const("area_factor", np.float32(area))])
     if np.any(shift > 0):
         # x / 2^N and x * 2^-N are both exact, as is the kernel's double division.
         down = e.op("down", "Mul", [t, e.const("inv_pow2n", (2.0 ** -shift).astype(np.float32))])
@@ -221,8 +224,9 @@ def _build_dequant(node, e: ExpansionBuilder) -> None:
         two_pow_n = e.const("two_pow_n", (2.0 ** shift).astype(np.float32))
         y = e.op("pow2n", "Mul", [y, two_pow_n])
     if area != 1:
-        # Double rounding through the kernel's double is innocuous for one division.
-        e.op("per_area", "RealDiv", [y, e.const("area_divisor", np.float32(area))])
+        # Double rounding through the kernel's double is innocuous for one division. DivNoNan
+        # (= RealDiv for a non-zero divisor): Grappler folds (y * deq) / 9 into y * (deq / 9).
+        e.op("per_area", "DivNoNan", [y, e.const("area_divisor", np.float32(area))])
 
 
 def _build_anti_quant(node, e: ExpansionBuilder) -> None:
