@@ -25,3 +25,7 @@ class PlanError(AmctError):
 
 class PluginError(AmctError):
     """A plugin failed to load, validate or run; the message names the plugin."""
+
+
+class OutputError(AmctError):
+    """The output folder cannot be used: it overlaps an input, or cannot be written."""

@@ -16,6 +16,7 @@ from tensorflow.core.framework import graph_pb2
 from amct_targets.errors import ModelError
 from amct_targets.graph.canonicalize import canonicalize
 from amct_targets.graph.model import Model, TensorSpec, node_name, tensor_name
+from amct_targets.safe_io import require_regular_file
 
 # Op types that mean a graph still holds variables (not frozen).
 VARIABLE_OPS = frozenset({
@@ -35,6 +36,8 @@ def read_graph_def(path: str | os.PathLike, importable: bool = True) -> graph_pb
     stock TensorFlow does not know)."""
     path = Path(path)
     try:
+        if path.exists():  # a FIFO or device would hang or exhaust the read
+            require_regular_file(path, "frozen .pb model", ModelError)
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file; give the path of a frozen .pb, a SavedModel "
