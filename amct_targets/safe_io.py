@@ -100,6 +100,7 @@ def open_regular(path: str | os.PathLike, what: str, error: ErrorType,
     except FileNotFoundError:
         raise error(f"{path}: no such file (the {what})") from None
     except OSError as exc:
+        require_regular_file(path, what, error)  # a socket cannot be opened: say what it is
         raise error(f"{path}: cannot read the {what} ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
