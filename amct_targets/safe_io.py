@@ -207,24 +207,30 @@ class BoundedSafeLoader(yaml.SafeLoader):
 
 def load_yaml(text: str, path: str | os.PathLike, what: str, error: ErrorType) -> Any:
     """One YAML (or JSON) document, safely; any problem is one error naming `path`."""
-    loader = BoundedSafeLoader(text)
+    loader = None
     try:
+        loader = BoundedSafeLoader(text)  # the reader checks every character here already
         return loader.get_single_data()
     except _ExpansionLimit as exc:
         raise error(f"{path}: refused: {exc}; write the {what} without such aliases") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise error(f"{path}: line {line}: not valid YAML: character #x{exc.character:04x} is "
+                    "not allowed (a control character)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).strip().split("\n")[0]
         raise error(f"{path}:{where} not valid YAML: {short(problem)}") from None
     except RecursionError:
         raise error(f"{path}: nested too deeply to read (more than {YAML_MAX_DEPTH} "
                     "levels)") from None
     except (ValueError, OverflowError) as exc:  # e.g. timestamp 2021-13-45, 5000-digit integer
         raise error(f"{path}: not valid YAML: a value cannot be read: "
-                    f"{short(str(exc))}") from None
+                    f"{short(str(exc).split(chr(10))[0])}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --- .npy arrays ------------------------------------------------------------------------------
@@ -288,6 +294,7 @@ def read_npy(stream: IO[bytes], available: int, where: str, error: ErrorType) ->
 
 def read_npz_entries(stream: IO[bytes], where: str, error: ErrorType) -> dict[str, np.ndarray]:
     """Every array of an `.npz` (a zip of `.npy` entries), each checked as in `read_npy`."""
+    import struct
     import zipfile
     import zlib
 
@@ -316,7 +323,8 @@ def read_npz_entries(stream: IO[bytes], where: str, error: ErrorType) -> dict[st
     except AmctError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
-            NotImplementedError, RuntimeError, KeyError, OverflowError) as exc:
+            NotImplementedError, RuntimeError, KeyError, OverflowError, TypeError,
+            struct.error) as exc:
         # zipfile reports a corrupt or encrypted archive through all of these.
         raise error(f"{where}: not a readable .npz archive ({short(str(exc), 120)})") from None
     return arrays
