@@ -16,6 +16,7 @@ import jsonschema
 from amct_targets.errors import ConfigError, PlanError
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import DATA_KINDS, STAGES, RegisteredPass
+from amct_targets.safe_io import short
 
 RUN, SKIP = "RUN", "SKIP"
 RESERVED_KEYS = {"enabled": {"type": "boolean"}, "force": {"type": "boolean"}}
@@ -112,7 +113,8 @@ def validate_pass_config(registered: RegisteredPass, options: Mapping, where: st
     error = jsonschema.exceptions.best_match(validator.iter_errors(dict(options)))
     if error is not None:
         path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-        raise ConfigError(f"{where}: passes.{registered.name}{path}: {error.message}")
+        raise ConfigError(f"{where}: passes.{registered.name}{short(path, 120)}: "
+                          f"{short(error.message)}")
 
 
 def make_plan(model: Model | None, profile, plugins, config: Mapping | None = None, *,

@@ -376,13 +376,18 @@ def test_alias_bombs_and_cycles_in_profiles(tmp_path):
         at.list_targets(targets_dirs=[profiles])
 
 
-def test_schema_errors_quote_at_most_a_few_hundred_characters(tmp_path):
+def test_schema_errors_quote_at_most_a_few_hundred_characters(tmp_path, demo_pb):
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({"passes": list(range(20000))}))
     with pytest.raises(ConfigError) as info:
         load_build_config(path)
     assert len(str(info.value)) < 600 and "more characters)" in str(info.value)
     assert str(info.value).startswith(f"{path}: $.passes: [0, 1, 2")
+    path.write_text(yaml.safe_dump({"passes": {"quantize": {"batch_num": list(range(20000))}}}))
+    with pytest.raises(ConfigError) as info:
+        at.plan(demo_pb, "ascend310", config=path)
+    assert len(str(info.value)) < 600 and "more characters)" in str(info.value)
+    assert str(info.value).startswith(f"{path}: passes.quantize.batch_num: [0, 1, 2")
 
 
 # --- 9: full disk or unwritable output ------------------------------------------------------
