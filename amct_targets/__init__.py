@@ -29,34 +29,27 @@ __all__ = ["list_targets", "load_target", "plan", "build", "check", "load_simula
            "ProfileError", "__version__"]
 
 
-def _session(plugins: Iterable[str] = (), targets_dirs: Iterable[str] = (), quiet=True):
-    from amct_targets.session import Session
-
-    return Session.create(plugins=plugins, targets_dirs=targets_dirs, quiet=quiet)
-
-
 def list_targets(*, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()) -> list[str]:
     """Names of every device profile that can be a target."""
-    return [p.name for p in _session(plugins, targets_dirs).profiles.targets()]
+    from amct_targets.api import session
+
+    return [p.name for p in session(plugins, targets_dirs).profiles.targets()]
 
 
 def load_target(name: str, *, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()):
     """The validated, merged DeviceProfile called `name`."""
-    return _session(plugins, targets_dirs).profiles.get(name)
+    from amct_targets.api import session
+
+    return session(plugins, targets_dirs).profiles.get(name)
 
 
 def plan(model: Any, target: str, config: str | Mapping | None = None, *, calib: Any = None,
          train: Any = None, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()):
     """The Plan for `model` on `target`: each pass RUN or SKIP with its reason."""
-    from amct_targets.builder import prepare_inputs
-    from amct_targets.planner import make_plan
+    from amct_targets.api import plan_targets
 
-    session = _session(plugins, targets_dirs)
-    profile = session.profiles.get(target)
-    loaded, cfg, where, data = prepare_inputs(session, model, calib=calib, train=train,
-                                              config=config, input_shapes=None, outputs=None)
-    given = {kind: kind in data for kind in ("calibration", "training")}
-    return make_plan(loaded, profile, session.plugins, cfg, data=given, config_source=where)
+    return plan_targets(model, [target], config, calib=calib, train=train, plugins=plugins,
+                        targets_dirs=targets_dirs)[0]
 
 
 def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
@@ -71,36 +64,26 @@ def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
     tf.data.Dataset of (inputs, labels)), and optionally a `loss` callable, a Keras
     `optimizer` (copied for each retraining) and a `tf.distribute` `strategy`.
     """
-    from amct_targets.builder import build as run_build
+    from amct_targets.api import build as run_build
 
-    targets = [target_or_targets] if isinstance(target_or_targets, str) else list(target_or_targets)
-    session = _session(plugins, targets_dirs, quiet=not progress)
-    results = run_build(session, model, targets, calib=calib, train=train, config=config,
-                        output_dir=output_dir, input_shapes=input_shapes,
-                        outputs=list(outputs) if outputs else None, loss=loss,
-                        optimizer=optimizer, strategy=strategy)
-    return {r.target: r.report for r in results}
+    return run_build(model, target_or_targets, calib, train, config, output_dir,
+                     input_shapes=input_shapes, outputs=outputs, plugins=plugins,
+                     targets_dirs=targets_dirs, progress=progress, loss=loss,
+                     optimizer=optimizer, strategy=strategy)
 
 
-def load_simulation(pb: str | _os.PathLike, outputs: Iterable[str] | None = None):
-    """A callable that runs `pb` in stock TensorFlow (Ascend ops expanded into stock ops)."""
-    from amct_targets.simulate import load_simulation as _load
+def load_simulation(pb: str | _os.PathLike, outputs: Iterable[str] | None = None, *,
+                    plugins: Iterable[str] = ()):
+    """A callable that runs `pb` in stock TensorFlow (custom ops expanded into stock ops)."""
+    from amct_targets.api import load_simulation as load
 
-    return _load(pb, outputs)
+    return load(pb, outputs, plugins=plugins)
 
 
 def check(pb: str | _os.PathLike, target: str, *, input_shapes: Mapping | None = None,
           plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()) -> list:
     """ATC-readiness findings (severity, code, node, message) for a .pb on a target."""
-    from amct_targets.builder import check_graph
-    from amct_targets.graph.load import placeholder_specs, read_graph_def
-    from amct_targets.graph.model import Model
-    from amct_targets.graph.load import apply_input_shapes
+    from amct_targets.api import check as run_check
 
-    session = _session(plugins, targets_dirs)
-    profile = session.profiles.get(target)
-    graph_def = read_graph_def(pb, importable=False)
-    specs = placeholder_specs(graph_def)
-    if input_shapes:
-        specs = apply_input_shapes(Model(graph_def, specs, ()), input_shapes).inputs
-    return check_graph(session, graph_def, profile, specs)
+    return run_check(pb, target, input_shapes=input_shapes, plugins=plugins,
+                     targets_dirs=targets_dirs)

@@ -70,7 +70,8 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                               calibration=data.get("calibration"), training=data.get("training"),
                               artifacts_dir=folder, build_config=config or {},
                               progress=lambda msg, n=step.name: session.progress(
-                                  f"{profile.name}: {n}: {msg}"))
+                                  f"{profile.name}: {n}: {msg}"),
+                              ops=session.plugins.ops, quantizers=session.plugins.quantizers)
             session.progress(f"{profile.name}: running {step.name}")
             started = time.perf_counter()
             try:
@@ -102,11 +103,29 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
 
 
 def check_graph(session, graph_def, profile, input_specs) -> list:
+    """Every `check_model` implementation's findings, in one list."""
+    from amct_targets.deploy.check import Finding
+
     findings = []
-    for _plugin, result in session.plugins.call_each("check_model", graph_def=graph_def,
-                                                      profile=profile, input_specs=input_specs):
-        findings += list(result)
+    for result in session.plugins.call("check_model", graph_def=graph_def, profile=profile,
+                                       input_specs=input_specs, ops=session.plugins.ops):
+        items = list(result)
+        if not all(isinstance(f, Finding) for f in items):
+            raise PluginError("a check_model implementation returned something other than a "
+                              "list of amct_targets.deploy.check.Finding")
+        findings += items
     return findings
+
+
+def atc_flags(session, profile, plan, model) -> list[str]:
+    """Every `atc_options` implementation's flags, validated: lists of --flag strings."""
+    flags = []
+    for result in session.plugins.call("atc_options", profile=profile, plan=plan, model=model):
+        if isinstance(result, (str, bytes)) or not all(isinstance(f, str) for f in result):
+            raise PluginError(f"an atc_options implementation returned {result!r:.80}; it must "
+                              "return a list of '--flag=value' strings")
+        flags += list(result)
+    return flags
 
 
 def emit_target(session, source_model: Model, profile, plan: Plan, config, data, staging: Path,
@@ -119,8 +138,7 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
     pb_name = f"{stem}.pb"
     (folder / pb_name).write_bytes(model.serialize())
     findings = check_graph(session, model.graph_def, profile, model.inputs)
-    extra = [flag for _p, flags in session.plugins.call_each(
-        "atc_options", profile=profile, plan=plan, model=model) for flag in flags]
+    extra = atc_flags(session, profile, plan, model)
     final = final_dir / profile.name
     argv = atc_mod.atc_argv(profile, model, str(final / pb_name), str(final / stem), extra)
     script = folder / SCRIPT_NAME
@@ -148,7 +166,7 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                     "check_errors": sum(f.severity == "error" for f in findings),
                     "check_warnings": sum(f.severity == "warning" for f in findings)},
     }
-    session.plugins.call_each("build_finished", report=report, target_dir=folder)
+    session.plugins.call("build_finished", report=report, target_dir=folder)
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return TargetBuild(profile.name, final, report)
 
@@ -159,7 +177,8 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
     if isinstance(model_source, (str, os.PathLike)):
         require_file_or_folder(model_source, "model: a frozen .pb, SavedModel folder or "
                                ".keras/.h5 file", ModelError)
-    model = load_model(model_source, outputs=outputs, input_shapes=input_shapes)
+    model = load_model(model_source, outputs=outputs, input_shapes=input_shapes,
+                       plugins=session.plugins)
     data = {}
     if calib is not None:
         data["calibration"] = as_input_arrays(calib, model, "calibration data",

@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from amct_targets import __version__
 from amct_targets.errors import AmctError
 
 EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 1, 2, 3
+TF_COMMANDS = ("plan", "build", "check", "simulate")   # `targets`, `passes`: no TensorFlow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,13 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amct-targets",
         description="Compress TensorFlow models for Huawei Ascend NPUs, per target chip.")
+    parser.add_argument("--version", action="version", version=f"amct-targets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("targets", parents=[common], help="device profiles and their capabilities")
     p = sub.add_parser("passes", parents=[common], help="registered passes")
     p.add_argument("--target", help="say whether this target supports each pass")
     p = sub.add_parser("plan", parents=[common], help="which passes run for a target, and why")
     p.add_argument("model")
-    p.add_argument("--target", required=True)
+    p.add_argument("--target", action="append", required=True,
+                   help="target name, repeatable, or 'all'")
     p.add_argument("--config")
     p.add_argument("--calib")
     p.add_argument("--train")
@@ -119,14 +123,14 @@ def cmd_passes(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    import amct_targets as at
+    from amct_targets.api import plan_targets
 
-    plan = at.plan(args.model, args.target, config=args.config, calib=args.calib,
-                   train=args.train, plugins=args.plugin, targets_dirs=args.targets_dir)
+    plans = plan_targets(args.model, args.target, config=args.config, calib=args.calib,
+                         train=args.train, plugins=args.plugin, targets_dirs=args.targets_dir)
     if args.json:
-        _print_json(plan.to_json())
+        _print_json(plans[0].to_json() if len(plans) == 1 else [p.to_json() for p in plans])
     else:
-        print(plan.render())
+        print("\n\n".join(p.render() for p in plans))
     return 0
 
 
@@ -194,7 +198,7 @@ def cmd_simulate(args) -> int:
     from amct_targets.data import read_arrays
     from amct_targets.simulate import load_simulation
 
-    run = load_simulation(args.pb)
+    run = load_simulation(args.pb, ops=_session(args).plugins.ops)
     arrays = read_arrays(args.input, "input")
     if len(run.inputs) == 1 and len(arrays) == 1:
         feed = next(iter(arrays.values()))
@@ -215,30 +219,16 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow's C++ start-up banner (oneDNN, CPU features) bypasses TF_CPP_MIN_LOG_LEVEL;
-    silence file descriptor 2 while it loads so the CLI prints only its own messages."""
-    import os
-
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-        from tensorflow.python.grappler import tf_optimizer  # noqa: F401  (loads more C++)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 COMMANDS = {"targets": cmd_targets, "passes": cmd_passes, "plan": cmd_plan, "build": cmd_build,
             "check": cmd_check, "simulate": cmd_simulate}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _import_tensorflow_quietly()
+    if args.command in TF_COMMANDS:
+        from amct_targets.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         return COMMANDS[args.command](args)
     except AmctError as exc:

@@ -29,3 +29,18 @@ class PluginError(AmctError):
 
 class OutputError(AmctError):
     """The output folder cannot be used: it overlaps an input, or cannot be written."""
+
+
+MAX_DETAIL = 300  # characters of a foreign exception's text shown in one message
+
+
+def first_line(text: str, limit: int = MAX_DETAIL) -> str:
+    """The first non-empty line of `text`, cut to `limit` characters."""
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message` of a foreign exception, bounded for one-line errors."""
+    detail = first_line(str(exc))
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

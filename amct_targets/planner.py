@@ -13,13 +13,15 @@ from typing import Any, Mapping
 
 import jsonschema
 
-from amct_targets.errors import ConfigError, PlanError
+from amct_targets.config import check_known
+from amct_targets.errors import AmctError, ConfigError, PlanError, PluginError, describe
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import DATA_KINDS, STAGES, RegisteredPass
-from amct_targets.safe_io import short
 
 RUN, SKIP = "RUN", "SKIP"
-RESERVED_KEYS = {"enabled": {"type": "boolean"}, "force": {"type": "boolean"}}
+# Keys every pass section may hold; the planner reads them, passes ignore them.
+RESERVED_KEYS = {"enabled": {"type": "boolean"}, "force": {"type": "boolean"},
+                 "disabled_reason": {"type": "string", "maxLength": 200}}
 
 
 @dataclass
@@ -63,9 +65,14 @@ class Plan:
         return "\n".join(lines)
 
 
-def pass_options(config: Mapping[str, Any] | None, name: str) -> dict:
-    """The build config's section for one pass (empty when absent)."""
+def pass_section(config: Mapping[str, Any] | None, name: str) -> dict:
+    """The build config's section for one pass (empty when absent), reserved keys included."""
     return dict(((config or {}).get("passes") or {}).get(name) or {})
+
+
+def pass_options(config: Mapping[str, Any] | None, name: str) -> dict:
+    """What the pass itself is given: its section without the planner's reserved keys."""
+    return {k: v for k, v in pass_section(config, name).items() if k not in RESERVED_KEYS}
 
 
 def order_passes(passes: list[RegisteredPass]) -> list[RegisteredPass]:
@@ -104,17 +111,40 @@ def order_passes(passes: list[RegisteredPass]) -> list[RegisteredPass]:
     return ordered
 
 
-def validate_pass_config(registered: RegisteredPass, options: Mapping, where: str) -> None:
+def validate_pass_config(registered: RegisteredPass, options: Mapping, where: str,
+                         model: Model | None = None, plugins=None) -> None:
+    """The pass's section against its `config_schema` (unknown options named with the
+    closest known ones), then the pass's own `check_config(section, model, plugins)`."""
     schema = dict(getattr(registered.impl, "config_schema", None) or {"type": "object"})
     properties = dict(schema.get("properties", {}))
     properties.update(RESERVED_KEYS)
     schema["properties"] = properties
+    label = f"{where}: passes.{registered.name}"
+    if schema.get("additionalProperties") is False:
+        for key in options:
+            check_known(key, properties, label, "option")
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(dict(options)))
     if error is not None:
         path = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
-        raise ConfigError(f"{where}: passes.{registered.name}{short(path, 120)}: "
-                          f"{short(error.message)}")
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        raise ConfigError(f"{label}{path}: {message}")
+    check = getattr(registered.impl, "check_config", None)
+    if check is not None and plugins is not None:
+        own = {k: v for k, v in options.items() if k not in RESERVED_KEYS}
+        guarded(registered, "check_config", check, own, model, plugins)
+
+
+def guarded(registered: RegisteredPass, what: str, method, *args):
+    """Call a pass's method; anything but an AmctError (SystemExit included) becomes one
+    PluginError naming the pass and its plugin."""
+    try:
+        return method(*args)
+    except (AmctError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: B036 - a plugin may not end or crash the tool
+        raise PluginError(f"pass '{registered.name}' (plugin '{registered.plugin}') failed in "
+                          f"{what}(): {describe(exc)}") from None
 
 
 def make_plan(model: Model | None, profile, plugins, config: Mapping | None = None, *,
@@ -130,11 +160,11 @@ def make_plan(model: Model | None, profile, plugins, config: Mapping | None = No
     steps = []
     for registered in order_passes(list(plugins.passes)):
         impl = registered.impl
-        options = pass_options(config, registered.name)
-        validate_pass_config(registered, options, config_source)
+        options = pass_section(config, registered.name)
+        validate_pass_config(registered, options, config_source, model, plugins)
         steps.append(_decide(registered, impl, options, profile, data))
     plan = Plan(profile.name, profile.soc_version, steps)
-    plugins.call_each("adjust_plan", plan=plan, profile=profile, config=config or {})
+    plugins.call("adjust_plan", plan=plan, profile=profile, config=config or {})
     if model is not None:
         _check_conflicts(plan, plugins, model, config)
     return plan
@@ -146,7 +176,7 @@ def _decide(registered, impl, options, profile, data) -> PlanStep:
     enabled = options.get("enabled", bool(getattr(impl, "enabled_by_default", False)))
     if not enabled:
         if "enabled" in options:
-            step.reason = "disabled in the build config"
+            step.reason = options.get("disabled_reason") or "disabled in the build config"
         else:
             step.reason = (f"off by default; enable it with passes: {{{registered.name}: "
                            "{enabled: true}} in --config")
@@ -160,6 +190,10 @@ def _decide(registered, impl, options, profile, data) -> PlanStep:
         step.warnings.append(f"forced although the target lacks it: {reason}")
     for kind in getattr(impl, "needs", ()):
         if not data.get(kind):
+            if options.get("enabled") is True:
+                raise PlanError(f"pass '{registered.name}' is enabled in the build config but "
+                                f"needs {kind} data; give it with {DATA_KINDS[kind]} F.npz (or "
+                                "disable the pass)")
             step.reason = f"needs {kind} data; give it with {DATA_KINDS[kind]} F.npz"
             return step
     step.status = RUN
@@ -178,8 +212,12 @@ def _check_conflicts(plan: Plan, plugins, model: Model, config) -> None:
     for pair in pairs:
         for name in pair:
             if name not in layers:
-                impl = running[name].impl
-                layers[name] = set(impl.layers(model, pass_options(config, name)))
+                found = guarded(running[name], "layers", running[name].impl.layers, model,
+                                pass_options(config, name))
+                if isinstance(found, (str, bytes)) or not all(isinstance(n, str) for n in found):
+                    raise PluginError(f"pass '{name}' (plugin '{running[name].plugin}'): "
+                                      "layers() must return a list of node names")
+                layers[name] = set(found)
         shared = sorted(layers[pair[0]] & layers[pair[1]])
         if shared:
             raise PlanError(f"passes '{pair[0]}' and '{pair[1]}' are both enabled for layer "

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # shared builders
 
 from amct_targets.graph.load import load_model, model_from_graph_def
-from amct_targets.passes.fold_bn import fold_batch_norm
+from amct_targets.graph.fold_bn import fold_batch_norm
 from models import (bn_nodes, randomize_bn, small_bn_cnn,  # noqa: E402
                     tf1_fused_bn_graph, unoptimized_session_config)
 

@@ -56,7 +56,8 @@ def sparsity_violations(pb: Path, report) -> int:
     from tensorflow.python.framework import tensor_util
 
     from amct_targets.graph.load import read_graph_def
-    from amct_targets.passes.sparsify import CIN_AXIS, groups_over_limit
+    from amct_targets.graph.layout import LAYOUTS
+    from amct_targets.pruning.sparse_4of2 import groups_over_limit
 
     nodes = {n.name: n for n in read_graph_def(pb, importable=False).node}
     entry = next(p for p in report["passes"] if p["name"] == "sparsify_4of2")
@@ -65,7 +66,7 @@ def sparsity_violations(pb: Path, report) -> int:
         node = nodes[layer]
         source = nodes.get(f"{layer}/weight_int8") or nodes[node.input[1].split(":")[0]]
         bad += groups_over_limit(tensor_util.MakeNdarray(source.attr["value"].tensor),
-                                 CIN_AXIS[node.op])
+                                 LAYOUTS[node.op].axes(node)[0])
     return bad
 
 

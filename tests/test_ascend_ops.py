@@ -15,7 +15,8 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, t
 
 from amct_targets.deploy import ascend_ops as ops  # registers the expanders
 from amct_targets.errors import ModelError
-from amct_targets.simulate import EXPANDERS, load_simulation
+from amct_targets.hooks.manager import default_ops
+from amct_targets.simulate import load_simulation
 
 
 def _attr(**kw):
@@ -80,9 +81,12 @@ def _conv_reference(x, scale_d, offset_d, w_int8, bias, packed):
     return np.maximum(ops.ref_ascend_dequant(acc, packed), 0)
 
 
-def test_expanders_are_registered_for_every_ascend_op():
+def test_expanders_and_atc_acceptance_are_registered_for_every_ascend_op():
+    ops = default_ops()
     ascend = {"AscendQuant", "AscendWeightQuant", "AscendDequant", "AscendAntiQuant"}
-    assert ascend <= set(EXPANDERS)
+    assert ascend <= set(ops.expanders)
+    assert all(ops.atc_acceptance(op, "ascend310").accepted for op in ascend)
+    assert {ops.owner(op, "expand") for op in ascend} == {"amct_targets.deploy.ascend_ops"}
 
 
 def test_conv_chain_is_integer_exact_with_half_ties(tmp_path):

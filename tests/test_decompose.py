@@ -12,7 +12,8 @@ from amct_targets.decomposition import (
 from amct_targets.decomposition.rewrite import split_convs
 from amct_targets.graph.flops import count_layers, percent_cut
 from amct_targets.graph.load import model_from_graph_def
-from amct_targets.passes.decompose import Decompose, decompose_model
+from amct_targets.decomposition.apply import decompose_model
+from amct_targets.passes.decompose import Decompose
 from models import random_feeds, randomize_bn, run_graph
 
 PLUGIN = "amct_targets.passes.decompose"
@@ -209,7 +210,7 @@ def test_every_conv_left_alone_has_its_reason():
         "grouped": "group convolution (2 groups",
         "depthwise": "DepthwiseConv2dNative: AMCT decomposes Conv2D only",
         "skipme": "skipped by config (skip_layers)",
-        "dynamic_weights": "weights are not a Const (produced by Identity)",
+        "dynamic_weights": "weights come from Identity 'Identity', not a Const",
     }
     for layer, reason in expected.items():
         assert by_layer[layer]["status"] == "skipped" and reason in by_layer[layer]["reason"]

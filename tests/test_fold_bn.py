@@ -6,7 +6,8 @@ import pytest
 
 from amct_targets.graph.load import load_model, model_from_graph_def
 from amct_targets.passes.base import PassContext, PassRegistry
-from amct_targets.passes.fold_bn import FoldBatchNorm, fold_batch_norm, register_passes
+from amct_targets.graph.fold_bn import fold_batch_norm
+from amct_targets.passes.fold_bn import FoldBatchNorm, register_passes
 from models import (bn_nodes, random_feeds, randomize_bn, relative_error, run_graph,
                           shared_weight_graph, small_bn_cnn, tf1_fused_bn_graph)
 

@@ -1,4 +1,5 @@
-"""The wheel carries the device profiles, schemas and demo; the console script is declared."""
+"""The wheel carries the device profiles, schemas, demo and report templates; the console
+script is declared."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +9,7 @@ import zipfile
 from conftest import REPO
 
 
-def test_wheel_contains_profiles_schemas_and_demo(tmp_path):
+def test_wheel_contains_profiles_schemas_demo_and_report_templates(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                           "--no-build-isolation", "--wheel-dir", str(tmp_path), str(REPO)],
                          capture_output=True, text=True, timeout=600)
@@ -21,6 +22,9 @@ def test_wheel_contains_profiles_schemas_and_demo(tmp_path):
     assert "amct_targets/schemas/build_config.schema.json" in names
     assert "amct_targets/demo/digits_cnn.pb" in names
     assert "amct_targets/demo/digits_calib.npz" in names
+    for name in ("base.html.j2", "macros.html.j2", "target.html.j2", "index.html.j2",
+                 "report.css", "report.js"):
+        assert f"amct_targets/report/templates/{name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "amct-targets = amct_targets.cli:main" in text

@@ -11,6 +11,7 @@ import pytest
 from amct_targets.errors import ConfigError
 from amct_targets.graph.load import load_model, model_from_graph_def
 from amct_targets.graph.pattern import GraphIndex
+from amct_targets.graph.layout import LAYOUTS
 from amct_targets.pruning import (balanced_l2_norm_scores, filter_l2_norms, kept_channels,
                                   kept_count, mask_for, prunable_layers, prune_output_channels,
                                   zero_pruned_channels)
@@ -130,8 +131,8 @@ def _rel_error(reference, candidate, feeds) -> float:
 
 def _lowest_half_pruned(model, layer: str) -> np.ndarray:
     w = _weights_of(model, layer)
-    op = {n.name: n.op for n in model.graph_def.node}[layer]
-    return kept_channels(balanced_l2_norm_scores(w, op), 0.5)
+    node = {n.name: n for n in model.graph_def.node}[layer]
+    return kept_channels(balanced_l2_norm_scores(w, LAYOUTS[node.op].axes(node)[1]), 0.5)
 
 
 # -- (a) equivalence with the masked original, (b) exact shapes --------------------------------
@@ -299,7 +300,7 @@ def test_concat_and_shared_consumer_weights_leave_the_layer_unpruned():
 
     skipped = prunable_layers(_tf1_branches(shared))[1]
     assert skipped["conv"].startswith("weights Const 'shared_w' of Conv2D 'a' is shared by 2 ops")
-    assert skipped["a"] == "weights Const 'shared_w' is shared by 2 ops (a, b)"
+    assert skipped["a"] == "weight Const 'shared_w' is shared by 2 ops (a, b)"
 
 
 def test_invalid_kept_indices_are_refused():
@@ -323,19 +324,20 @@ def test_amct_example_20_channels_at_025_keeps_15_or_16_aligned():
 def test_kept_channels_are_the_highest_balanced_l2_norms_sorted():
     rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (3, 3, 2, 20)) * np.arange(1, 21)  # filter o has norm ~ (o + 1)
-    scores = balanced_l2_norm_scores(w, "Conv2D")
+    scores = balanced_l2_norm_scores(w, (3,))
     np.testing.assert_allclose(np.mean(scores), 1.0)
-    np.testing.assert_allclose(scores * np.mean(filter_l2_norms(w, "Conv2D")),
+    np.testing.assert_allclose(scores * np.mean(filter_l2_norms(w, (3,))),
                                np.sqrt(np.sum(w ** 2, axis=(0, 1, 2))))
     order = np.argsort(scores)
     np.testing.assert_array_equal(kept_channels(scores, 0.25), np.sort(order[5:]))
     np.testing.assert_array_equal(kept_channels(scores, 0.25, align=16), np.sort(order[4:]))
     dw = np.zeros((3, 3, 2, 3))
     dw[:, :, 1, 2] = 1.0  # output channel 1*3 + 2 = 5
-    assert np.argmax(filter_l2_norms(dw, "DepthwiseConv2dNative")) == 5
+    assert np.argmax(filter_l2_norms(dw, LAYOUTS["DepthwiseConv2dNative"].cout_axes)) == 5
     fc = np.diag([1.0, 2.0, 3.0])[:, :2]  # [in 3, out 2]
-    np.testing.assert_allclose(filter_l2_norms(fc, "MatMul"), [1.0, 2.0])
-    np.testing.assert_allclose(filter_l2_norms(fc.T, "MatMul", transpose_b=True), [1.0, 2.0])
+    np.testing.assert_allclose(filter_l2_norms(fc, LAYOUTS["MatMul"].cout_axes), [1.0, 2.0])
+    transposed = LAYOUTS["MatMul"].cin_axis   # transpose_b: outputs on the input axis
+    np.testing.assert_allclose(filter_l2_norms(fc.T, (transposed,)), [1.0, 2.0])
 
 
 # -- (e) parameters and FLOPs before and after --------------------------------------------------

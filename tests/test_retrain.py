@@ -12,7 +12,8 @@ import pytest
 
 import amct_targets as at
 from amct_targets.graph.load import read_graph_def
-from amct_targets.passes.sparsify import CIN_AXIS, groups_over_limit, mask_4of2
+from amct_targets.graph.layout import LAYOUTS
+from amct_targets.pruning.sparse_4of2 import groups_over_limit, mask_4of2
 from conftest import run_cli_subprocess
 
 
@@ -105,7 +106,7 @@ def test_4of2_runs_only_on_atlas_a2_and_emits_valid_groups(tmp_path, demo_pb_mod
     for layer in (e["layer"] for e in ran["layers"] if e["status"] == "4:2"):
         node = nodes[layer]
         weight = values[node.input[1]]  # float weights: no calibration, so no quantize
-        assert groups_over_limit(weight, CIN_AXIS[node.op]) == 0
+        assert groups_over_limit(weight, LAYOUTS[node.op].axes(node)[0]) == 0
         checked += 1
     assert checked == 3
     assert accuracy(pb, digits) >= fp32_accuracy - 0.03
@@ -138,7 +139,7 @@ def test_combined_4of2_then_qat_keeps_sparsity_in_int8_weights(tmp_path, demo_pb
     for layer in sparse:
         int8 = values[f"{layer}/weight_int8"]
         assert int8.dtype == np.int8
-        assert groups_over_limit(int8, CIN_AXIS[nodes[layer].op]) == 0
+        assert groups_over_limit(int8, LAYOUTS[nodes[layer].op].axes(nodes[layer])[0]) == 0
     assert "--sparsity=1" in report["atc_argv"]
     assert accuracy(pb, digits) >= fp32_accuracy - 0.03
 
@@ -233,7 +234,7 @@ def test_channel_pruning_removes_channels_and_reports_exact_flops(tmp_path, demo
 
 
 def test_ascend_optimized_aligns_kept_channels_to_the_profile_multiple(demo_pb_module, digits):
-    from amct_targets.passes.prune import plan_pruning
+    from amct_targets.pruning.filter_prune import plan_pruning
     from amct_targets.graph.load import load_model
 
     align = at.load_target("ascend910").capability("channel_pruning").params["channel_align"]

@@ -17,7 +17,7 @@ from amct_targets.config import split_amct_section
 from amct_targets.errors import ConfigError
 
 GLOBAL_KEYS = frozenset({"version", "batch_num", "batch_size", "skip_approximation_layers",
-                         "amct_config", "enabled", "force"})
+                         "amct_config"})
 
 PARAMS_SCHEMA = {
     "type": "object",

@@ -5,8 +5,8 @@
 The node replaces a Softmax under the same name, so its consumers are unchanged. Stock
 TensorFlow has no FastSoftmax kernel: `expand_fast_softmax` rewrites each node into stock ops
 computing exactly `ref_fast_softmax` (same float32 operations in the same order), the last
-one keeping the node's name. Importing this module registers the expander in
-`amct_targets.simulate.EXPANDERS`, the same way deploy/ascend_ops.py registers the AMCT ops.
+one keeping the node's name. The expander and ATC's acceptance of the op are registered
+through the `register_ops` hook, as deploy/ascend_ops.py registers the AMCT ops.
 
     m = Max(x, axis, keep_dims)      z = Sub(x, m)        t = Maximum(z, -clip_value)
     p = ((t * b + a) * t + 1) * t + 1                     (Mul, AddV2; Horner)
@@ -21,30 +21,26 @@ for bit. Every other step is one correctly rounded float32 operation in both.
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
 
-from amct_targets import simulate
 from amct_targets.approx.kernel import FastSoftmaxParams
-from amct_targets.deploy.ascend_ops import const_node
 from amct_targets.errors import ModelError
+from amct_targets.graph.nodes import (DT_DOUBLE, DT_FLOAT, DT_INT32, attr_value, float_type,
+                                      make_node, type_attr)
+from amct_targets.graph.ops import AtcAcceptance, ExpansionBuilder, OpSpec
+from amct_targets.hooks import hookimpl
 
 OP_TYPE = "FastSoftmax"
-SIM_SCOPE = "fast_softmax_sim"
 
 
 def fast_softmax_node(name: str, inputs: list[str], params: FastSoftmaxParams,
-                      axis: int = -1) -> node_def_pb2.NodeDef:
+                      axis: int = -1):
     """A FastSoftmax NodeDef; `inputs` is the Softmax's input list (data, then controls)."""
-    node = node_def_pb2.NodeDef(name=name, op=OP_TYPE, input=list(inputs))
-    node.attr["T"].CopyFrom(attr_value_pb2.AttrValue(type=types_pb2.DT_FLOAT))
-    node.attr["a"].CopyFrom(attr_value_pb2.AttrValue(f=params.a))
-    node.attr["b"].CopyFrom(attr_value_pb2.AttrValue(f=params.b))
-    node.attr["clip_value"].CopyFrom(attr_value_pb2.AttrValue(f=params.clip_value))
-    node.attr["axis"].CopyFrom(attr_value_pb2.AttrValue(i=int(axis)))
-    return node
+    return make_node(name, OP_TYPE, inputs, T=float_type(), a=attr_value(f=params.a),
+                     b=attr_value(f=params.b), clip_value=attr_value(f=params.clip_value),
+                     axis=attr_value(i=int(axis)))
 
 
-def node_params(node: node_def_pb2.NodeDef) -> tuple[FastSoftmaxParams, int]:
+def node_params(node) -> tuple[FastSoftmaxParams, int]:
     """(params, axis) read back from a FastSoftmax NodeDef."""
     for key in ("a", "b", "clip_value"):
         if key not in node.attr:
@@ -53,77 +49,35 @@ def node_params(node: node_def_pb2.NodeDef) -> tuple[FastSoftmaxParams, int]:
     return FastSoftmaxParams(node.attr["a"].f, node.attr["b"].f, node.attr["clip_value"].f), axis
 
 
-def _type(dtype: int) -> attr_value_pb2.AttrValue:
-    return attr_value_pb2.AttrValue(type=dtype)
-
-
-def _op(name: str, op: str, inputs: list[str], **attrs) -> node_def_pb2.NodeDef:
-    node = node_def_pb2.NodeDef(name=name, op=op, input=inputs)
-    if op != "Cast":
-        node.attr["T"].CopyFrom(_type(types_pb2.DT_FLOAT))
-    for key, value in attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node
-
-
-def _expansion(node: node_def_pb2.NodeDef, taken: set[str]) -> list[node_def_pb2.NodeDef]:
-    if "T" in node.attr and node.attr["T"].type != types_pb2.DT_FLOAT:
+def expand_fast_softmax(node, e: ExpansionBuilder) -> None:
+    """Rebuild one FastSoftmax node from stock ops (its simulation expander)."""
+    if "T" in node.attr and node.attr["T"].type != DT_FLOAT:
         raise ModelError(f"node '{node.name}' ({OP_TYPE}): only T=float32 can be simulated")
     params, axis = node_params(node)
-    data = [i for i in node.input if not i.startswith("^")]
-    controls = [i for i in node.input if i.startswith("^")]
-    if len(data) != 1:
-        raise ModelError(f"node '{node.name}' ({OP_TYPE}) has {len(data)} data inputs, not 1")
-
-    def name(part: str) -> str:
-        full = f"{node.name}/{SIM_SCOPE}/{part}"
-        if full in taken:
-            raise ModelError(f"node '{node.name}': cannot expand it for simulation, the graph "
-                             f"already has a node '{full}'")
-        taken.add(full)
-        return full
-
-    reduce = {"Tidx": _type(types_pb2.DT_INT32), "keep_dims": attr_value_pb2.AttrValue(b=True)}
-    to_double = {"SrcT": _type(types_pb2.DT_FLOAT), "DstT": _type(types_pb2.DT_DOUBLE)}
-    to_float = {"SrcT": _type(types_pb2.DT_DOUBLE), "DstT": _type(types_pb2.DT_FLOAT)}
-    nodes = [const_node(name("axis"), np.array([axis], np.int32)),
-             const_node(name("neg_clip"), np.float32(-np.float32(params.clip_value))),
-             const_node(name("a"), np.float32(params.a)),
-             const_node(name("b"), np.float32(params.b)),
-             const_node(name("one"), np.float32(1.0))]
-    axis_c, neg_clip, a, b, one = (n.name for n in nodes)
-    chain = [("max", "Max", [data[0], axis_c], reduce),
-             ("z", "Sub", [data[0], "{max}"], {}),
-             ("t", "Maximum", ["{z}", neg_clip], {}),
-             ("tb", "Mul", ["{t}", b], {}),
-             ("tb_a", "AddV2", ["{tb}", a], {}),
-             ("t2", "Mul", ["{tb_a}", "{t}"], {}),
-             ("t2_1", "AddV2", ["{t2}", one], {}),
-             ("t3", "Mul", ["{t2_1}", "{t}"], {}),
-             ("p", "AddV2", ["{t3}", one], {}),
-             ("p64", "Cast", ["{p}"], to_double),
-             ("sum64", "Sum", ["{p64}", axis_c], {**reduce, "T": _type(types_pb2.DT_DOUBLE)}),
-             ("sum", "Cast", ["{sum64}"], to_float)]
-    made: dict[str, str] = {}
-    for part, op, inputs, attrs in chain:
-        made[part] = name(part)
-        nodes.append(_op(made[part], op, [i.format(**made) for i in inputs], **attrs))
-    nodes.append(_op(node.name, "RealDiv", [made["p"], made["sum"]] + controls))
-    return nodes
+    if len(e.inputs) != 1:
+        raise ModelError(f"node '{node.name}' ({OP_TYPE}) has {len(e.inputs)} data inputs, "
+                         "not 1")
+    reduce = {"Tidx": type_attr(DT_INT32), "keep_dims": attr_value(b=True)}
+    axis_c = e.const("axis", np.array([axis], np.int32))
+    x = e.inputs[0]
+    z = e.op("z", "Sub", [x, e.op("max", "Max", [x, axis_c], **reduce)])
+    t = e.op("t", "Maximum", [z, e.const("neg_clip", np.float32(-np.float32(params.clip_value)))])
+    one = e.const("one", np.float32(1.0))
+    p = e.op("tb_a", "AddV2", [e.op("tb", "Mul", [t, e.const("b", np.float32(params.b))]),
+                               e.const("a", np.float32(params.a))])
+    p = e.op("t2_1", "AddV2", [e.op("t2", "Mul", [p, t]), one])
+    p = e.op("p", "AddV2", [e.op("t3", "Mul", [p, t]), one])
+    p64 = e.op("p64", "Cast", [p], SrcT=float_type(), DstT=type_attr(DT_DOUBLE))
+    sum64 = e.op("sum64", "Sum", [p64, axis_c], **reduce, T=type_attr(DT_DOUBLE))
+    total = e.op("sum", "Cast", [sum64], SrcT=type_attr(DT_DOUBLE), DstT=float_type())
+    e.op("normalize", "RealDiv", [p, total])
 
 
-def expand_fast_softmax(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
-    """Every FastSoftmax node of a GraphDef replaced by stock TensorFlow ops."""
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    del out.node[:]
-    taken = {n.name for n in graph_def.node}
-    for node in graph_def.node:
-        if node.op == OP_TYPE:
-            out.node.extend(_expansion(node, taken))
-        else:
-            out.node.add().CopyFrom(node)
-    return out
+ATC_SOURCE = ("FastSoftmax is the op AMCT's approximate calibration writes for ATC "
+              "(ASCEND_FACTS 6); accelerated on the Atlas inference series (Ascend 310P)")
 
 
-simulate.EXPANDERS[OP_TYPE] = expand_fast_softmax
+@hookimpl
+def register_ops(registry):
+    registry.add(OpSpec(OP_TYPE, expand=expand_fast_softmax, atc=AtcAcceptance(True, ATC_SOURCE),
+                        summary="AMCT approximate calibration: clipped-cubic Softmax"))

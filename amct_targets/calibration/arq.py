@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amct_targets.graph.layout import channels_first
+from amct_targets.hooks import hookimpl
+
 FLT_EPSILON = np.finfo(np.float32).eps
 
 
@@ -25,16 +28,6 @@ class ArqResult:
     scale: np.ndarray      # float32, shape (1,) per tensor or (channels,)
     offset: np.ndarray     # int8 zeros, shape of scale (ARQ is symmetric)
     quantized: np.ndarray  # int8, shape of the weights
-
-
-def _channels_first(w: np.ndarray, channel_axes: tuple[int, ...]) -> tuple[np.ndarray, tuple]:
-    """W as [channels, rest] with channels flattened in C order over `channel_axes` as given."""
-    axes = tuple(a % w.ndim for a in channel_axes)
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"channel_axes {channel_axes} repeat an axis of a {w.ndim}-D weight")
-    moved = np.moveaxis(w, axes, tuple(range(len(axes))))
-    n_channels = int(np.prod([w.shape[a] for a in axes]))
-    return moved.reshape(n_channels, -1), axes
 
 
 def arq(weights: np.ndarray, channel_axes: tuple[int, ...] | None,
@@ -58,7 +51,8 @@ def arq(weights: np.ndarray, channel_axes: tuple[int, ...] | None,
     else:
         if not channel_axes:
             raise ValueError("ARQ channel_axes=(): pass None for per-tensor quantization")
-        rows, axes = _channels_first(w, tuple(channel_axes))
+        axes = tuple(a % w.ndim for a in channel_axes)
+        rows = channels_first(w, axes)
     w_max = rows.max(axis=1)
     w_min = rows.min(axis=1)
     # The negative end can use the extra code -128 when it is the larger magnitude.
@@ -74,3 +68,21 @@ def arq(weights: np.ndarray, channel_axes: tuple[int, ...] | None,
         broadcast = np.moveaxis(per_axis, tuple(range(len(axes))), axes)
     quantized = np.clip(np.rint(w / broadcast), qmin, qmax).astype(np.int8)
     return ArqResult(scale=scale, offset=np.zeros(scale.shape, np.int8), quantized=quantized)
+
+
+# --- registration (register_quantizers) -------------------------------------------------------
+
+def _compute(weights, channel_axes, params):
+    from amct_targets.quant.algorithms import WeightQuant
+
+    result = arq(weights, channel_axes, num_bits=int(params.get("num_bits", 8)))
+    return WeightQuant(result.scale, result.offset, result.quantized)
+
+
+@hookimpl
+def register_quantizers(registry):
+    from amct_targets.quant.algorithms import WeightAlgorithm
+
+    registry.add_weight(WeightAlgorithm(
+        "arq_quantize", {}, {}, _compute,
+        summary="AMCT ARQ: symmetric max-abs scales, per tensor or per output channel"))

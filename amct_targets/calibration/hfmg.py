@@ -17,6 +17,7 @@ import numpy as np
 from amct_targets.calibration.stats import (
     FLT_EPSILON, ActivationStats, QuantParams, histogram_quant_mse, quant_params, rebin_histogram,
 )
+from amct_targets.hooks import hookimpl
 
 MAX_STEPS = 512  # each step moves an edge by num_of_bins // 512 bins
 
@@ -77,3 +78,30 @@ def hfmg(stats: ActivationStats, *, num_of_bins: int = 4096, asymmetric: bool = 
     best_left, best_right = path[int(np.argmin(path_loss))]
     scale, offset = window_quantizer(edges[best_left], edges[best_right], asymmetric, num_bits)
     return quant_params(scale, offset, num_bits)
+
+
+# --- registration (register_quantizers) -------------------------------------------------------
+
+HFMG_BINS = (1024, 2048, 4096, 8192)
+PARAMS_SCHEMA = {"num_of_bins": {"enum": list(HFMG_BINS)}}
+DEFAULTS = {"num_of_bins": 4096}
+
+
+def _statistics(params):
+    from amct_targets.quant.algorithms import StatsRequest
+
+    return StatsRequest(percentile=1.0, bins=int(params["num_of_bins"]))
+
+
+def _compute(stats, params) -> QuantParams:
+    return hfmg(stats, num_of_bins=int(params["num_of_bins"]), asymmetric=params["asymmetric"],
+                num_bits=params["num_bits"])
+
+
+@hookimpl
+def register_quantizers(registry):
+    from amct_targets.quant.algorithms import ActivationAlgorithm
+
+    registry.add_activation(ActivationAlgorithm(
+        "hfmg", PARAMS_SCHEMA, DEFAULTS, _statistics, _compute,
+        summary="AMCT HFMG: histogram window with the least L2 quantization loss"))

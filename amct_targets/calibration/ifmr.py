@@ -25,6 +25,7 @@ from amct_targets.calibration.stats import (
     FLT_EPSILON, ActivationStats, QuantParams, histogram_quant_mse, k_for_percentile,
     quant_params,
 )
+from amct_targets.hooks import hookimpl
 
 
 def _check(max_percentile, min_percentile, search_range, search_step, num_bits) -> None:
@@ -103,3 +104,54 @@ def ifmr_exact(x: np.ndarray, *, max_percentile: float = 0.999999,
         losses[i] = np.mean(((q - o) * s - values) ** 2)
     best = int(np.argmin(losses))
     return quant_params(scales[best], int(offsets[best]), num_bits)
+
+
+# --- registration (register_quantizers) -------------------------------------------------------
+
+IFMR_BINS = 8192        # histogram resolution behind the MSE search (bin << quantization step)
+MAX_CANDIDATES = 10000  # (end - start) / search_step: bounds the search's time and memory
+PARAMS_SCHEMA = {
+    "max_percentile": {"type": "number", "exclusiveMinimum": 0.5, "maximum": 1},
+    "min_percentile": {"type": "number", "exclusiveMinimum": 0.5, "maximum": 1},
+    "search_range": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
+                     "minItems": 2, "maxItems": 2},
+    "search_step": {"type": "number", "exclusiveMinimum": 0},
+}
+DEFAULTS = {"max_percentile": 0.999999, "min_percentile": 0.999999, "search_range": [0.7, 1.3],
+            "search_step": 0.01}
+
+
+def _check_params(params) -> str | None:
+    start, end = params["search_range"]
+    if not 0 < start < end:
+        return f"search_range: need 0 < start < end, got {list(params['search_range'])}"
+    step = params["search_step"]
+    if not 0 < step <= end - start:
+        return f"search_step: must be in (0, {end - start:g}] (the search range's width)"
+    if (end - start) / step > MAX_CANDIDATES:
+        return (f"search_step: {step:g} makes {(end - start) / step:.0f} candidates; at most "
+                f"{MAX_CANDIDATES} are searched (use a step >= {(end - start) / MAX_CANDIDATES:g})")
+    return None
+
+
+def _statistics(params):
+    from amct_targets.quant.algorithms import StatsRequest
+
+    return StatsRequest(percentile=min(params["max_percentile"], params["min_percentile"]),
+                        bins=IFMR_BINS)
+
+
+def _compute(stats, params) -> QuantParams:
+    return ifmr(stats, max_percentile=params["max_percentile"],
+                min_percentile=params["min_percentile"],
+                search_range=tuple(params["search_range"]), search_step=params["search_step"],
+                asymmetric=params["asymmetric"], num_bits=params["num_bits"])
+
+
+@hookimpl
+def register_quantizers(registry):
+    from amct_targets.quant.algorithms import ActivationAlgorithm
+
+    registry.add_activation(ActivationAlgorithm(
+        "ifmr", PARAMS_SCHEMA, DEFAULTS, _statistics, _compute, check=_check_params,
+        summary="AMCT IFMR: percentile range searched for the least quantization MSE"))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-from tensorflow.python.framework import dtypes
 
 from amct_targets.decomposition.conv import (
     H_FIRST, MIN_SIZE_DEFAULTS, ConvGeometry, choose_mode, eligibility_reason, factor_weights,
@@ -27,6 +26,7 @@ from amct_targets.decomposition.rank import (
 from amct_targets.decomposition.svd import leading_svd
 from amct_targets.errors import ConfigError
 from amct_targets.graph.flops import LayerCost, conv2d_flops, percent_cut
+from amct_targets.graph.layout import LAYOUTS, Layer, resolve_layer
 from amct_targets.graph.model import Model
 from amct_targets.graph.pattern import GraphIndex
 
@@ -89,7 +89,7 @@ def _attr(node, key: str, kind: str, default):
 
 
 def _node_reason(index: GraphIndex, node, costs: Mapping[str, LayerCost],
-                 settings: DecomposeSettings) -> str | None:
+                 settings: DecomposeSettings, layouts: Mapping) -> str | None:
     """Reasons that come from the graph, before the kernel is looked at."""
     if node.name in settings.skip_layers:
         return "skipped by config (skip_layers)"
@@ -98,16 +98,9 @@ def _node_reason(index: GraphIndex, node, costs: Mapping[str, LayerCost],
     fmt = _attr(node, "data_format", "s", b"NHWC").decode()
     if fmt != "NHWC":
         return f"data_format {fmt}; only NHWC is decomposed"
-    weights = index.producer(node, 1)
-    if weights is None or weights.op != "Const":
-        return f"weights are not a Const (produced by {weights.op if weights else 'nothing'})"
-    users = sorted(set(index.consumers[weights.name]))
-    if len(users) > 1:
-        return (f"weights Const '{weights.name}' is shared by {len(users)} ops "
-                f"({', '.join(users)})")
-    dtype = dtypes.as_dtype(weights.attr["dtype"].type)
-    if not dtype.is_floating:
-        return f"weights are {dtype.name}, not float"
+    layer = resolve_layer(index, node, layouts)
+    if not isinstance(layer, Layer):
+        return layer
     if node.name not in costs:
         return "no static shape for this conv"
     return None
@@ -176,7 +169,8 @@ def plan_layer(name: str, kernel: np.ndarray, geometry: ConvGeometry,
 
 
 def plan_model(model: Model, costs: Mapping[str, LayerCost], settings: DecomposeSettings,
-               progress=lambda message: None) -> tuple[list[LayerPlan], list[dict]]:
+               progress=lambda message: None, layouts: Mapping = LAYOUTS
+               ) -> tuple[list[LayerPlan], list[dict]]:
     """(plans for the convs to split, report records for every conv), in graph order."""
     index = GraphIndex(model.graph_def)
     plans, records = [], []
@@ -184,10 +178,10 @@ def plan_model(model: Model, costs: Mapping[str, LayerCost], settings: Decompose
         if node.op not in CONV_TYPES:
             continue
         record = {"layer": node.name, "op": node.op}
-        reason = _node_reason(index, node, costs, settings)
+        reason = _node_reason(index, node, costs, settings, layouts)
         kernel = None
         if reason is None:
-            kernel = index.const_value(index.producer(node, 1))
+            kernel = index.const_value(index.nodes[resolve_layer(index, node, layouts).weight])
             geometry = conv_geometry(node, costs[node.name], kernel.shape)
             record.update(kernel=list(geometry.kernel), strides=list(geometry.strides),
                           padding=_attr(node, "padding", "s", b"").decode())

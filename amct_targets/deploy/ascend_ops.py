@@ -23,14 +23,15 @@ Kernel details followed here (Ascend/tensorflow tf_adapter/kernels/aicore/amct_*
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, types_pb2
-from tensorflow.python.framework import tensor_util
 
-from amct_targets import simulate
 from amct_targets.errors import ModelError
+from amct_targets.graph.nodes import (DT_BOOL, DT_FLOAT, DT_INT8, attr_value, const_node,
+                                      const_value, float_type, make_node, type_attr)
+from amct_targets.graph.ops import AtcAcceptance, ExpansionBuilder, OpSpec
+from amct_targets.hooks import hookimpl
+
+__all__ = ["const_node"]  # re-exported: rewrites build their Consts through this module
 
 DEQ_BITS, SHIFT_BITS, OFFSET_BITS = 0, 32, 40     # bit positions inside a deq_scale uint64
 MAX_SHIFT_N = 16                                   # ASCEND_FACTS 3: N in [1, 16] when used
@@ -66,59 +67,40 @@ def unpack_deq_scale(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 # --- NodeDef builders ------------------------------------------------------------------------
 
-def _node(name: str, op: str, inputs: list[str], **attrs) -> node_def_pb2.NodeDef:
-    node = node_def_pb2.NodeDef(name=name, op=op, input=inputs)
-    for key, value in attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node
-
-
-def _type(dtype: int = types_pb2.DT_FLOAT) -> attr_value_pb2.AttrValue:
-    return attr_value_pb2.AttrValue(type=dtype)
-
-
-def const_node(name: str, value: np.ndarray) -> node_def_pb2.NodeDef:
-    """A Const of any dtype (int8, uint64, float32, ...) holding `value`."""
-    proto = tensor_util.make_tensor_proto(np.asarray(value))
-    return _node(name, "Const", [], dtype=_type(proto.dtype),
-                 value=attr_value_pb2.AttrValue(tensor=proto))
-
-
 def ascend_quant_node(name: str, input_name: str, scale_d: float, offset_d: int,
-                      num_bits: int = 8) -> node_def_pb2.NodeDef:
+                      num_bits: int = 8) -> "NodeDef":
     """AscendQuant with AMCT's attributes: scale = 1/scale_d, offset = offset_d."""
     if f"INT{num_bits}" not in DST_BITS:
         raise ValueError(f"AscendQuant supports {sorted(DST_BITS.values())} bits, not {num_bits}")
     if not scale_d > 0:
         raise ValueError(f"AscendQuant '{name}': scale_d must be positive, got {scale_d}")
-    return _node(name, "AscendQuant", [input_name], T=_type(),
-                 dst_type=attr_value_pb2.AttrValue(s=f"INT{num_bits}".encode()),
-                 quant_bits=attr_value_pb2.AttrValue(i=num_bits),
-                 scale=attr_value_pb2.AttrValue(f=1.0 / scale_d),
-                 offset=attr_value_pb2.AttrValue(f=float(offset_d)))
+    return make_node(name, "AscendQuant", [input_name], T=float_type(),
+                     dst_type=attr_value(s=f"INT{num_bits}".encode()),
+                     quant_bits=attr_value(i=num_bits),
+                     scale=attr_value(f=1.0 / scale_d),
+                     offset=attr_value(f=float(offset_d)))
 
 
 def ascend_weight_quant_node(name: str, weight_const_name: str,
-                             offset_const_name: str) -> node_def_pb2.NodeDef:
-    return _node(name, "AscendWeightQuant", [weight_const_name, offset_const_name], T=_type(),
-                 dst_type=attr_value_pb2.AttrValue(s=b"INT8"))
+                             offset_const_name: str) -> "NodeDef":
+    return make_node(name, "AscendWeightQuant", [weight_const_name, offset_const_name],
+                     T=float_type(), dst_type=attr_value(s=b"INT8"))
 
 
 def ascend_dequant_node(name: str, input_name: str, deq_const_name: str,
                         ksize: tuple[int, int] = (1, 1),
-                        data_format: str = "NHWC") -> node_def_pb2.NodeDef:
-    return _node(name, "AscendDequant", [input_name, deq_const_name], T=_type(),
-                 ksize=attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue(
-                     i=[int(k) for k in ksize])),
-                 data_format=attr_value_pb2.AttrValue(s=data_format.encode()))
+                        data_format: str = "NHWC") -> "NodeDef":
+    return make_node(name, "AscendDequant", [input_name, deq_const_name], T=float_type(),
+                     ksize=attr_value(ints=ksize),
+                     data_format=attr_value(s=data_format.encode()))
 
 
 def ascend_anti_quant_node(name: str, input_name: str, scale: float,
-                           offset: float = 0.0) -> node_def_pb2.NodeDef:
+                           offset: float = 0.0) -> "NodeDef":
     """AscendAntiQuant with the raw attributes (the TF kernel computes x * scale)."""
-    return _node(name, "AscendAntiQuant", [input_name], T=_type(),
-                 scale=attr_value_pb2.AttrValue(f=float(scale)),
-                 offset=attr_value_pb2.AttrValue(f=float(offset)))
+    return make_node(name, "AscendAntiQuant", [input_name], T=float_type(),
+                     scale=attr_value(f=float(scale)),
+                     offset=attr_value(f=float(offset)))
 
 
 # --- NumPy references of the CPU kernels (float32 like the kernels) ---------------------------
@@ -170,67 +152,10 @@ def ref_ascend_anti_quant(x, scale: float, offset: float = 0.0) -> np.ndarray:
     return np.asarray(x, np.float32) * np.float32(scale)
 
 
-# --- simulation expanders --------------------------------------------------------------------
+# --- simulation expanders (registered through register_ops) ---------------------------------
 
-class _Expansion:
-    """Builds the stock-op replacement of one node; the last node added takes its name."""
-
-    def __init__(self, node: node_def_pb2.NodeDef, taken: set[str]):
-        self.node, self.taken, self.nodes = node, taken, []
-        data = [i for i in node.input if not i.startswith("^")]
-        self.inputs, self.controls = data, [i for i in node.input if i.startswith("^")]
-
-    def _name(self, part: str) -> str:
-        name = f"{self.node.name}/ascend_sim/{part}"
-        if name in self.taken:
-            raise ModelError(f"node '{self.node.name}': cannot expand it for simulation, "
-                             f"the graph already has a node '{name}'")
-        self.taken.add(name)
-        return name
-
-    def const(self, part: str, value) -> str:
-        self.nodes.append(const_node(self._name(part), np.asarray(value)))
-        return self.nodes[-1].name
-
-    def op(self, part: str, op: str, inputs: list[str], **attrs) -> str:
-        if "SrcT" not in attrs:  # every op used here but Cast has a T attribute
-            attrs.setdefault("T", _type())
-        self.nodes.append(_node(self._name(part), op, inputs, **attrs))
-        return self.nodes[-1].name
-
-    def finish(self) -> list[node_def_pb2.NodeDef]:
-        last = self.nodes[-1]
-        self.taken.discard(last.name)
-        last.name = self.node.name
-        last.input.extend(self.controls)
-        return self.nodes
-
-
-def _expander(op_type: str, build: Callable) -> Callable:
-    def expand(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
-        out = graph_pb2.GraphDef()
-        out.CopyFrom(graph_def)
-        del out.node[:]
-        by_name = {n.name: n for n in graph_def.node}
-        taken = set(by_name)
-        for node in graph_def.node:
-            if node.op != op_type:
-                out.node.add().CopyFrom(node)
-                continue
-            if "T" in node.attr and node.attr["T"].type != types_pb2.DT_FLOAT:
-                raise ModelError(f"node '{node.name}' ({op_type}): only T=float32 can be "
-                                 "simulated, like the tf_adapter CPU kernel")
-            expansion = _Expansion(node, taken)
-            build(expansion, node, by_name)
-            out.node.extend(expansion.finish())
-        return out
-
-    expand.__name__ = f"expand_{op_type}"
-    expand.__doc__ = f"Every {op_type} node of a GraphDef replaced by stock TensorFlow ops."
-    return expand
-
-
-def _build_quant(e: _Expansion, node, by_name) -> None:
+def _build_quant(node, e: ExpansionBuilder) -> None:
+    _require_float(node)
     dst = node.attr["dst_type"].s.decode() if "dst_type" in node.attr else "INT8"
     if dst not in DST_BITS:
         raise ModelError(f"node '{node.name}' (AscendQuant): dst_type {dst!r} is not INT4/INT8")
@@ -241,8 +166,9 @@ def _build_quant(e: _Expansion, node, by_name) -> None:
     magnitude = e.op("abs", "Abs", [scaled])
     whole = e.op("floor", "Floor", [magnitude])
     fraction = e.op("fraction", "Sub", [magnitude, whole])
-    up = e.op("up", "Cast", [e.op("half", "GreaterEqual", [fraction, e.const(
-        "one_half", np.float32(0.5))])], SrcT=_type(types_pb2.DT_BOOL), DstT=_type())
+    tie_or_more = e.op("half", "GreaterEqual", [fraction, e.const("one_half", np.float32(0.5))])
+    up = e.op("up", "Cast", [tie_or_more], SrcT=type_attr(DT_BOOL),
+              DstT=float_type())
     rounded = e.op("round", "Mul", [e.op("sign", "Sign", [scaled]),
                                     e.op("whole_up", "AddV2", [whole, up])])
     shifted = e.op("add", "AddV2", [rounded, offset])
@@ -251,8 +177,9 @@ def _build_quant(e: _Expansion, node, by_name) -> None:
     e.op("sub", "Sub", [clipped, offset])
 
 
-def _build_weight_quant(e: _Expansion, node, by_name) -> None:
-    to_float = {"SrcT": _type(types_pb2.DT_INT8), "DstT": _type()}
+def _build_weight_quant(node, e: ExpansionBuilder) -> None:
+    _require_float(node)
+    to_float = {"SrcT": type_attr(DT_INT8), "DstT": float_type()}
     weights = e.op("weight", "Cast", [e.inputs[0]], **to_float)
     offset = e.op("offset_w", "Cast", [e.inputs[1]], **to_float)
     e.op("sub", "Sub", [weights, offset])
@@ -265,11 +192,12 @@ def _const_input(node, index: int, by_name) -> np.ndarray:
         kind = producer.op if producer is not None else "missing"
         raise ModelError(f"node '{node.name}' ({node.op}): input '{ref}' is a {kind} node, not "
                          "a Const; the simulation decodes deq_scale when it expands the graph")
-    return tensor_util.MakeNdarray(producer.attr["value"].tensor)
+    return const_value(producer)
 
 
-def _build_dequant(e: _Expansion, node, by_name) -> None:
-    packed = _const_input(node, 1, by_name)
+def _build_dequant(node, e: ExpansionBuilder) -> None:
+    _require_float(node)
+    packed = _const_input(node, 1, e.nodes)
     if packed.dtype != np.uint64:
         raise ModelError(f"node '{node.name}' (AscendDequant): deq_scale is {packed.dtype}, "
                          "not uint64")
@@ -297,18 +225,26 @@ def _build_dequant(e: _Expansion, node, by_name) -> None:
         e.op("per_area", "RealDiv", [y, e.const("area_divisor", np.float32(area))])
 
 
-def _build_anti_quant(e: _Expansion, node, by_name) -> None:
+def _build_anti_quant(node, e: ExpansionBuilder) -> None:
+    _require_float(node)
     e.op("mul", "Mul", [e.inputs[0], e.const("scale", np.float32(node.attr["scale"].f))])
 
 
-expand_ascend_quant = _expander("AscendQuant", _build_quant)
-expand_ascend_weight_quant = _expander("AscendWeightQuant", _build_weight_quant)
-expand_ascend_dequant = _expander("AscendDequant", _build_dequant)
-expand_ascend_anti_quant = _expander("AscendAntiQuant", _build_anti_quant)
+def _require_float(node) -> None:
+    if "T" in node.attr and node.attr["T"].type != DT_FLOAT:
+        raise ModelError(f"node '{node.name}' ({node.op}): only T=float32 can be simulated, "
+                         "like the tf_adapter CPU kernel")
 
-simulate.EXPANDERS.update({
-    "AscendQuant": expand_ascend_quant,
-    "AscendWeightQuant": expand_ascend_weight_quant,
-    "AscendDequant": expand_ascend_dequant,
-    "AscendAntiQuant": expand_ascend_anti_quant,
-})
+
+ATC_SOURCE = ("AMCT's deploy ops: ATC maps AscendQuant / AscendWeightQuant / AscendDequant / "
+              "AscendAntiQuant of an AMCT-quantized TF model to INT8 kernels (ASCEND_FACTS 4; "
+              "Ascend/tensorflow tf_adapter amct_*.cc)")
+EXPANDERS = {"AscendQuant": _build_quant, "AscendWeightQuant": _build_weight_quant,
+             "AscendDequant": _build_dequant, "AscendAntiQuant": _build_anti_quant}
+
+
+@hookimpl
+def register_ops(registry):
+    for op_type, expand in EXPANDERS.items():
+        registry.add(OpSpec(op_type, expand=expand, atc=AtcAcceptance(True, ATC_SOURCE),
+                            summary="AMCT deploy op"))

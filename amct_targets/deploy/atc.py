@@ -33,9 +33,11 @@ def atc_input_shape(inputs: Iterable[TensorSpec]) -> str:
 
 
 def static_batch(model: Model) -> tuple[Model, list[str]]:
-    """Give an unknown leading (batch) dimension the value 1, as ATC needs static shapes.
+    """Give an unknown leading (batch) dimension the value 1, as ATC needs static shapes, and
+    write the static input shapes into the graph's Placeholders, so that the emitted .pb, the
+    atc command and `amct-targets check` on the .pb all agree.
 
-    Returns the model with updated input specs and a note per input changed.
+    Returns the model with updated input specs and graph, and a note per input changed.
     """
     specs, notes = [], []
     for spec in model.inputs:
@@ -44,7 +46,15 @@ def static_batch(model: Model) -> tuple[Model, list[str]]:
             notes.append(f"input '{spec.name}': unknown batch dimension set to 1 for ATC; "
                          "choose another with --input-shape")
         specs.append(spec)
-    return model.replace(inputs=tuple(specs)), notes
+    graph_def = model.copy_graph_def()
+    static = {s.name: s.shape for s in specs
+              if s.shape is not None and all(d is not None for d in s.shape)}
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in static:
+            node.attr["shape"].shape.Clear()
+            for size in static[node.name]:
+                node.attr["shape"].shape.dim.add().size = int(size)
+    return model.replace(inputs=tuple(specs), graph_def=graph_def), notes
 
 
 def _flag_key(flag: str) -> str:

@@ -1,7 +1,8 @@
 """ATC-readiness check of a frozen GraphDef for one target. Built-in plugin (`check_model`).
 
 What ATC needs from a TensorFlow model (ASCEND_FACTS 7): a FrozenGraphDef (no variable
-ops), only operators from the CANN TF operator list (the profile's `atc.tf_ops`), static
+ops), only operators from the CANN TF operator list (the profile's `atc.tf_ops`, plus the op
+types plugins declare through `register_ops`, e.g. the AMCT deploy ops), static
 input shapes with no zero dimension (or supplied with --input-shape), supported input
 dtypes, and no training-only ops.
 """
@@ -11,7 +12,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from amct_targets.graph.load import VARIABLE_OPS, placeholder_specs
+from amct_targets.graph.ops import AtcAcceptance
 from amct_targets.hooks import hookimpl
+
+_NO = AtcAcceptance(False, "")
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,12 @@ class Finding:
 
 
 @hookimpl
-def check_model(graph_def, profile, input_specs):
+def check_model(graph_def, profile, input_specs, ops):
     findings: list[Finding] = []
     allowed = set(profile.atc.get("tf_ops", {}).get("ops", []))
+    if ops is not None:  # op types plugins declare ATC accepts for this target
+        allowed |= {n.op for n in graph_def.node
+                    if (ops.atc_acceptance(n.op, profile.name) or _NO).accepted}
     training_only = set(profile.atc.get("training_only_ops", []))
     by_op: dict[str, list[str]] = defaultdict(list)
     for node in graph_def.node:
@@ -51,7 +58,8 @@ def check_model(graph_def, profile, input_specs):
         elif allowed and op not in allowed:
             findings.append(Finding("error", "unsupported-op", nodes[0],
                                     f"op type {op}{more} is not in the TF operator list of "
-                                    f"{profile.name} ({profile.path.name}: atc.tf_ops)"))
+                                    f"{profile.name} ({profile.path.name}: atc.tf_ops) and no "
+                                    "plugin declares that ATC accepts it (register_ops)"))
     specs = {s.name: s for s in (input_specs or placeholder_specs(graph_def))}
     dtypes = set(profile.atc.get("input_dtypes", []))
     for spec in specs.values():

@@ -1,14 +1,15 @@
 """Exact FLOP and parameter counts of the weighted layers of a frozen GraphDef.
 
-A *layer* is one compute op whose weights are a Const: Conv2D, DepthwiseConv2dNative,
-Conv2DBackpropInput (the filter), MatMul and BatchMatMul{,V2,V3} (either operand). Shapes come
-from TensorFlow's own shape inference: the graph is imported with the model's input shapes,
-an unknown batch dimension taken as 1.
+A *layer* is one compute op of the layer-layout table (graph/layout.py) whose weight is a
+Const: Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput (the filter), MatMul and
+BatchMatMul{,V2,V3} with a 2-D Const second operand. Shapes come from TensorFlow's own shape
+inference: the graph is imported with the model's input shapes, an unknown batch dimension
+taken as 1.
 
 Conventions (used by every pass that reports FLOPs):
 - `flops` = 2 x multiply-accumulates of the op (one multiply + one add per MAC), plus one add
   per output element when a Const bias is added straight after the op (a `BiasAdd`, or an
-  `Add`/`AddV2` of a per-channel Const, the op's only consumer).
+  `Add`/`AddV2` of a per-channel Const, the op's only consumer: `layout.bias_of`).
 - `params` = elements of the weight Const, plus the elements of that bias Const.
 - Conv2D: MACs = output elements x kh x kw x filter input channels (so grouped convs count
   right). DepthwiseConv2dNative: output elements x kh x kw. Conv2DBackpropInput: every
@@ -26,12 +27,10 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from amct_targets.errors import ModelError
-from amct_targets.graph.model import Model, node_name
-
-CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput")
-MATMUL_OPS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
-COUNTED_OPS = CONV_OPS + MATMUL_OPS
-BIAS_OPS = ("BiasAdd", "Add", "AddV2")
+from amct_targets.graph.layout import LAYOUTS, Layer, bias_of, layer_macs
+from amct_targets.graph.model import Model
+from amct_targets.graph.pattern import GraphIndex
+from amct_targets.graph.run import import_graph
 
 
 @dataclass(frozen=True)
@@ -86,44 +85,43 @@ def _bias_size(cost: LayerCost) -> int:
     return int(cost.output_shape[-1]) if cost.output_shape else 1
 
 
-def count_layers(model: Model, input_shapes: Mapping[str, tuple[int, ...]] | None = None
-                 ) -> dict[str, LayerCost]:
+def count_layers(model: Model, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                 layouts: Mapping = LAYOUTS) -> dict[str, LayerCost]:
     """{op name: LayerCost} for every weighted op of `model`, in graph order.
 
     `input_shapes` ({input name: shape}) overrides the model's input shapes. An input with an
-    unknown dimension other than the batch is a ModelError (FLOPs depend on it).
+    unknown dimension other than the batch is a ModelError (FLOPs depend on it). Where each
+    op takes its weight and which axes are its channels come from the layer-layout table.
     """
     graph = _import_with_shapes(model, dict(input_shapes or {}))
-    nodes = {n.name: n for n in model.graph_def.node}
-    consumers: dict[str, list[str]] = {}
-    for node in model.graph_def.node:
-        for inp in node.input:
-            if not inp.startswith("^"):
-                consumers.setdefault(node_name(inp), []).append(node.name)
+    index = GraphIndex(model.graph_def)
     costs = {}
     for node in model.graph_def.node:
-        if node.op not in COUNTED_OPS:
+        layout = layouts.get(node.op)
+        if layout is None or layout.weight_index is None:
+            continue
+        weights = index.producer(node, layout.weight_index)
+        if weights is None or weights.op != "Const":
+            continue   # two activations (attention scores): not a weighted layer
+        w_shape = tuple(int(d.size) for d in weights.attr["value"].tensor.tensor_shape.dim)
+        if layout.weight_rank is not None and len(w_shape) != layout.weight_rank:
             continue
         op = graph.get_operation_by_name(node.name)
-        found = _weights_and_input(node, nodes, op)
-        if found is None:
-            continue
-        weights, w_shape, x_shape = found
+        cin_axis, cout_axes = layout.axes(node)
+        layer = Layer(node.name, node.op, layout, "", weights.name, w_shape, cin_axis, cout_axes)
+        x_shape = _known(op.inputs[layout.act_index].shape, node)
         out_shape = _known(op.outputs[0].shape, node)
-        macs = _macs(node, op, w_shape, x_shape, out_shape)
-        params, flops, bias = int(np.prod(w_shape)), 2 * macs, None
-        bias_node = _bias_of(node, nodes, consumers, out_shape)
+        params, flops, bias = int(np.prod(w_shape)), 2 * layer_macs(layer, x_shape, out_shape), None
+        bias_node = _bias_of(node, index, out_shape)
         if bias_node is not None:
             bias = bias_node
             params += int(out_shape[-1])
             flops += int(np.prod(out_shape))
-        costs[node.name] = LayerCost(node.op, params, flops, x_shape, out_shape, weights, bias)
+        costs[node.name] = LayerCost(node.op, params, flops, x_shape, out_shape, weights.name, bias)
     return costs
 
 
 def _import_with_shapes(model: Model, input_shapes: dict):
-    import tensorflow as tf
-
     graph_def = model.copy_graph_def()
     specs = {spec.name: spec for spec in model.inputs}
     placeholders = {n.name: n for n in graph_def.node if n.op == "Placeholder"}
@@ -143,16 +141,11 @@ def _import_with_shapes(model: Model, input_shapes: dict):
             node.attr["shape"].shape.Clear()
             for d in shape:
                 node.attr["shape"].shape.dim.add().size = d
-    graph = tf.Graph()
     try:
-        with graph.as_default():
-            tf.compat.v1.import_graph_def(graph_def, name="")
-    except (ValueError, TypeError, tf.errors.OpError) as exc:  # e.g. Ascend op types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot count FLOPs: TensorFlow cannot import the graph "
-                         f"(its shapes come from TensorFlow's shape inference): {first}") \
-            from None
-    return graph
+        return import_graph(graph_def)
+    except ModelError as exc:  # e.g. Ascend op types
+        raise ModelError(f"cannot count FLOPs (its shapes come from TensorFlow's shape "
+                         f"inference): {exc}") from None
 
 
 def _known(shape, node) -> tuple[int, ...]:
@@ -163,69 +156,10 @@ def _known(shape, node) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def _const_shape(node) -> tuple[int, ...]:
-    return tuple(int(d.size) for d in node.attr["value"].tensor.tensor_shape.dim)
-
-
-def _weights_and_input(node, nodes, op):
-    """(weight Const name, weight shape, activation input shape), or None without Const weights."""
-    data = [i for i in node.input if not i.startswith("^")]
-    producers = [nodes.get(node_name(i)) for i in data]
-    if node.op in ("Conv2D", "DepthwiseConv2dNative"):
-        w_index, x_index = 1, 0
-    elif node.op == "Conv2DBackpropInput":
-        w_index, x_index = 1, 2
-    else:  # MatMul family: the Const operand is the weights
-        consts = [k for k in (1, 0) if producers[k] is not None and producers[k].op == "Const"]
-        if len(consts) != 1:
-            return None  # two activations, or two constants (folded away by grappler)
-        w_index = consts[0]
-        x_index = 1 - w_index
-    weights = producers[w_index]
-    if weights is None or weights.op != "Const":
-        return None
-    return weights.name, _const_shape(weights), _known(op.inputs[x_index].shape, node)
-
-
-def _attr(node, key: str, kind: str, default):
-    value = node.attr.get(key)
-    return default if value is None else getattr(value, kind)
-
-
-def _macs(node, op, w_shape, x_shape, out_shape) -> int:
-    out = int(np.prod(out_shape))
-    if node.op == "Conv2D":
-        return out * w_shape[0] * w_shape[1] * w_shape[2]
-    if node.op == "DepthwiseConv2dNative":
-        return out * w_shape[0] * w_shape[1]
-    if node.op == "Conv2DBackpropInput":
-        return int(np.prod(x_shape)) * w_shape[0] * w_shape[1] * w_shape[2]
-    if node.op == "MatMul":
-        a_shape = _known(op.inputs[0].shape, node)
-        return out * (a_shape[0] if _attr(node, "transpose_a", "b", False) else a_shape[1])
-    x = _known(op.inputs[0].shape, node)  # BatchMatMul: contracted dim from x
-    return out * (x[-2] if _attr(node, "adj_x", "b", False) else x[-1])
-
-
-def _bias_of(node, nodes, consumers, out_shape) -> str | None:
+def _bias_of(node, index: GraphIndex, out_shape) -> str | None:
     """The Const of a per-channel bias add that is the op's only consumer, or None."""
-    users = consumers.get(node.name, [])
-    if len(users) != 1 or nodes[users[0]].op not in BIAS_OPS or not out_shape:
+    found = bias_of(index, node.name) if out_shape else None
+    if found is None:
         return None
-    add = nodes[users[0]]
-    data = [i for i in add.input if not i.startswith("^")]
-    if len(data) != 2:
-        return None
-    if add.op == "BiasAdd" and node_name(data[0]) != node.name:
-        return None
-    other = [i for i in data if node_name(i) != node.name]
-    if len(other) != 1:
-        return None
-    const = nodes.get(node_name(other[0]))
-    if const is None or const.op != "Const":
-        return None
-    shape = _const_shape(const)
-    channels = out_shape[-1]
-    if int(np.prod(shape)) != channels or (shape and shape[-1] != channels):
-        return None
-    return const.name
+    value = index.const_value(index.nodes[found[1]])
+    return found[1] if value.size == out_shape[-1] else None

@@ -1,22 +1,25 @@
 """Load any supported model into one frozen `Model`.
 
-Frozen `.pb`, SavedModel folder, `.keras`/`.h5` file or an in-memory Keras model all end as a
-frozen GraphDef (variables turned into Consts by TensorFlow's own
-`convert_variables_to_constants_v2`), then canonicalized by grappler.
+`load_model` asks the `load_model` hook (first result wins): plugins may add input formats;
+the built-in loaders (graph/loaders.py) take frozen `.pb`, SavedModel folders, `.keras`/`.h5`
+files, in-memory Keras models and `Model`s. Each ends as a frozen GraphDef (variables turned
+into Consts by TensorFlow's own `convert_variables_to_constants_v2`), canonicalized by
+grappler. The helpers here are what the loaders are made of.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from google.protobuf.message import DecodeError
-from tensorflow.core.framework import graph_pb2
-
-from amct_targets.errors import ModelError
+from amct_targets.errors import ModelError, PluginError
 from amct_targets.graph.canonicalize import canonicalize
 from amct_targets.graph.model import Model, TensorSpec, node_name, tensor_name
 from amct_targets.safe_io import require_regular_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tensorflow.core.framework import graph_pb2
 
 # Op types that mean a graph still holds variables (not frozen).
 VARIABLE_OPS = frozenset({
@@ -29,11 +32,22 @@ _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "Assert", "SaveV2", "R
                           "PlaceholderWithDefault"})
 
 
-def read_graph_def(path: str | os.PathLike, importable: bool = True) -> graph_pb2.GraphDef:
+@dataclass(frozen=True)
+class LoadOptions:
+    """What `load_model` implementations are asked for besides the source."""
+
+    outputs: tuple[str, ...] | None = None          # output tensor names, None: infer
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
+
+
+def read_graph_def(path: str | os.PathLike, importable: bool = True) -> "graph_pb2.GraphDef":
     """Parse a binary GraphDef file; a clear ModelError if it is not one.
 
     `importable` also imports it into TensorFlow (off for graphs with Ascend op types, which
     stock TensorFlow does not know)."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import graph_pb2
+
     path = Path(path)
     try:
         if path.exists():  # a FIFO or device would hang or exhaust the read
@@ -59,7 +73,7 @@ def read_graph_def(path: str | os.PathLike, importable: bool = True) -> graph_pb
     return graph_def
 
 
-def _check_importable(graph_def: graph_pb2.GraphDef, where: str) -> None:
+def _check_importable(graph_def: "graph_pb2.GraphDef", where: str) -> None:
     import tensorflow as tf
 
     try:
@@ -70,11 +84,11 @@ def _check_importable(graph_def: graph_pb2.GraphDef, where: str) -> None:
         raise ModelError(f"{where}: TensorFlow cannot import this graph: {first}") from None
 
 
-def variable_nodes(graph_def: graph_pb2.GraphDef) -> list[str]:
+def variable_nodes(graph_def: "graph_pb2.GraphDef") -> list[str]:
     return [n.name for n in graph_def.node if n.op in VARIABLE_OPS]
 
 
-def placeholder_specs(graph_def: graph_pb2.GraphDef) -> tuple[TensorSpec, ...]:
+def placeholder_specs(graph_def: "graph_pb2.GraphDef") -> tuple[TensorSpec, ...]:
     from tensorflow.python.framework import dtypes
 
     specs = []
@@ -89,7 +103,7 @@ def placeholder_specs(graph_def: graph_pb2.GraphDef) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def default_outputs(graph_def: graph_pb2.GraphDef) -> tuple[str, ...]:
+def default_outputs(graph_def: "graph_pb2.GraphDef") -> tuple[str, ...]:
     """Tensors of nodes that nothing consumes, in graph order."""
     consumed = {node_name(i) for n in graph_def.node for i in n.input}
     return tuple(tensor_name(n.name) for n in graph_def.node
@@ -110,7 +124,7 @@ def _select_outputs(graph_def, outputs, where) -> tuple[str, ...]:
     return tuple(tensor_name(o) for o in outputs)
 
 
-def model_from_graph_def(graph_def: graph_pb2.GraphDef, *, outputs=None, where="<graph>",
+def model_from_graph_def(graph_def: "graph_pb2.GraphDef", *, outputs=None, where="<graph>",
                          name="model", require_frozen=True, canonical=True) -> Model:
     if require_frozen:
         variables = variable_nodes(graph_def)
@@ -184,24 +198,43 @@ def model_from_saved_model(path: Path, signature: str | None = None) -> Model:
     return _freeze_concrete_function(signatures[key], str(path), path.name)
 
 
-def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None) -> Model:
-    """Load `source` (path, Keras model or Model) as a canonical frozen Model.
+def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None,
+               plugins=None) -> Model:
+    """Load `source` (path, Keras model, Model, or anything a plugin loads) as a canonical
+    frozen Model through the `load_model` hook. `input_shapes` ({input name: shape}) fixes
+    unknown dimensions for ATC."""
+    if plugins is None:
+        from amct_targets.hooks.manager import default_plugins
 
-    `input_shapes` ({input name: shape}) fixes unknown dimensions for ATC.
-    """
+        plugins = default_plugins()
+    options = LoadOptions(tuple(outputs) if outputs else None,
+                          dict(input_shapes) if input_shapes else None)
+    model = plugins.call("load_model", source=source, options=options)
+    if model is None:
+        raise ModelError(f"cannot load a model from a {type(source).__name__}; give a path to a "
+                         "frozen .pb, SavedModel folder or .keras/.h5 file, or a Keras model "
+                         "(or install a plugin that loads this format)")
+    if not isinstance(model, Model):
+        raise PluginError(f"a load_model implementation returned {type(model).__name__}, not an "
+                          "amct_targets.graph.Model")
+    if input_shapes:
+        model = apply_input_shapes(model, input_shapes)
+    return model
+
+
+def load_builtin(source: Any, options: LoadOptions) -> Model | None:
+    """The built-in formats (see graph/loaders.py); None for anything else."""
+    outputs = options.outputs
     if isinstance(source, Model):
         model = source
     elif isinstance(source, (str, os.PathLike)):
-        model = _load_path(Path(source), outputs)
+        return _load_path(Path(source), outputs)
     elif hasattr(source, "inputs") and hasattr(source, "get_config"):
         model = model_from_keras(source)
     else:
-        raise ModelError(f"cannot load a model from a {type(source).__name__}; give a path to a "
-                         "frozen .pb, SavedModel folder or .keras/.h5 file, or a Keras model")
-    if outputs and not isinstance(source, (str, os.PathLike)):
+        return None
+    if outputs:
         model = model.replace(outputs=_select_outputs(model.graph_def, outputs, model.source))
-    if input_shapes:
-        model = apply_input_shapes(model, input_shapes)
     return model
 
 

@@ -1,11 +1,19 @@
-"""`Model`: a frozen GraphDef plus the names, dtypes and shapes of its inputs and outputs."""
+"""`Model`: a frozen GraphDef plus the names, dtypes and shapes of its inputs and outputs.
+
+Importing this module does not import TensorFlow (the planner and the CLI's listing commands
+use `Model` in type hints only); the GraphDef class is loaded when a graph is copied.
+"""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping
 
-from tensorflow.core.framework import graph_pb2
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from tensorflow.core.framework import graph_pb2
 
 
 @dataclass(frozen=True)
@@ -32,20 +40,29 @@ def node_name(name: str) -> str:
     return name.lstrip("^").split(":")[0]
 
 
+def _frozen_masks(masks: Mapping[str, "np.ndarray"] | None) -> Mapping[str, "np.ndarray"]:
+    return MappingProxyType(dict(masks or {}))
+
+
 @dataclass(frozen=True)
 class Model:
     """A frozen graph with its interface. Passes return a new Model; they never mutate one.
 
     `outputs` are tensor names (`node:0`). `source` says where the model came from, for
-    messages and the report.
+    messages and the report. `weight_masks` ({weight Const name: 0/1 array of its shape})
+    are sparsity masks a pass fixed (4:2, pruning) that later retraining must keep: they
+    travel with the model from pass to pass.
     """
 
-    graph_def: graph_pb2.GraphDef
+    graph_def: "graph_pb2.GraphDef"
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     source: str = "<memory>"
     name: str = "model"
-    metadata: dict = field(default_factory=dict, compare=False)
+    weight_masks: Mapping[str, "np.ndarray"] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_masks", _frozen_masks(self.weight_masks))
 
     def replace(self, **changes) -> "Model":
         return dataclasses.replace(self, **changes)
@@ -65,8 +82,8 @@ class Model:
     def output_nodes(self) -> tuple[str, ...]:
         return tuple(node_name(t) for t in self.outputs)
 
-    def copy_graph_def(self) -> graph_pb2.GraphDef:
+    def copy_graph_def(self) -> "graph_pb2.GraphDef":
         """A deep copy of the GraphDef for a pass to edit."""
-        copy = graph_pb2.GraphDef()
+        copy = type(self.graph_def)()
         copy.CopyFrom(self.graph_def)
         return copy

@@ -9,12 +9,14 @@ then loops over `GraphIndex.match(pattern)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from amct_targets.graph.model import node_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,10 @@ class OpPattern:
 
 
 class GraphIndex:
-    """Read-only lookups over a GraphDef: nodes by name, consumers, constant values."""
+    """Read-only lookups over a GraphDef: nodes by name, consumers, constant values (a layer's
+    bias: graph/layout.py `bias_of`)."""
 
-    def __init__(self, graph_def: graph_pb2.GraphDef):
+    def __init__(self, graph_def: "graph_pb2.GraphDef"):
         self.graph_def = graph_def
         self.nodes: dict[str, node_def_pb2.NodeDef] = {n.name: n for n in graph_def.node}
         self.consumers: dict[str, list[str]] = {n.name: [] for n in graph_def.node}
@@ -47,7 +50,7 @@ class GraphIndex:
             for inp in node.input:
                 self.consumers.setdefault(node_name(inp), []).append(node.name)
 
-    def producer(self, node: node_def_pb2.NodeDef, index: int) -> node_def_pb2.NodeDef | None:
+    def producer(self, node: "node_def_pb2.NodeDef", index: int) -> "node_def_pb2.NodeDef | None":
         """The node feeding data input `index` of `node` (control inputs excluded)."""
         data_inputs = [i for i in node.input if not i.startswith("^")]
         if index >= len(data_inputs):
@@ -57,31 +60,14 @@ class GraphIndex:
     def data_inputs(self, node) -> list[str]:
         return [i for i in node.input if not i.startswith("^")]
 
-    def const_value(self, node: node_def_pb2.NodeDef | None) -> np.ndarray | None:
+    def const_value(self, node: "node_def_pb2.NodeDef | None") -> np.ndarray | None:
         if node is None or node.op != "Const":
             return None
         from tensorflow.python.framework import tensor_util
 
         return tensor_util.MakeNdarray(node.attr["value"].tensor)
 
-    def bias_add_of(self, layer: str):
-        """(add node, bias Const name) when `layer`'s only consumer is a BiasAdd/Add of a 1-D
-        Const that nothing else reads (the layer's bias); else None."""
-        consumers = self.consumers.get(layer, [])
-        if len(consumers) != 1:
-            return None
-        node = self.nodes[consumers[0]]
-        if node.op not in ("BiasAdd", "Add", "AddV2"):
-            return None
-        inputs = self.data_inputs(node)
-        if len(inputs) != 2 or node_name(inputs[0]) != layer:
-            return None
-        const = self.nodes.get(node_name(inputs[1]))
-        if const is None or const.op != "Const" or len(self.consumers.get(const.name, [])) != 1:
-            return None
-        return (node, const.name) if self.const_value(const).ndim == 1 else None
-
-    def match(self, pattern: OpPattern) -> Iterator[dict[str, node_def_pb2.NodeDef]]:
+    def match(self, pattern: OpPattern) -> Iterator[dict[str, "node_def_pb2.NodeDef"]]:
         """Every match of `pattern` rooted at some node, in graph order."""
         for node in self.graph_def.node:
             captured: dict[str, node_def_pb2.NodeDef] = {}

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from amct_targets.errors import PluginError
 from amct_targets.graph.model import Model
+from amct_targets.hooks import Registry
 
 # prepare (canonical rewrites such as Conv+BN folding) -> retrain -> graph rewrites
 STAGES = ("prepare", "retrain", "graph")
@@ -62,6 +63,35 @@ class PassContext:
     progress: Callable[[str], None] = lambda message: None
     report: PassReport = field(default_factory=PassReport)
     build_config: Mapping[str, Any] = field(default_factory=dict)  # the whole build config
+    ops: Any = None          # the OpRegistry (register_ops): expanders, ATC, layer layouts
+    quantizers: Any = None   # the QuantizerRegistry (register_quantizers)
+
+    def __post_init__(self) -> None:
+        if self.ops is None or self.quantizers is None:
+            from amct_targets.hooks.manager import default_plugins
+
+            plugins = default_plugins()
+            self.ops = self.ops or plugins.ops
+            self.quantizers = self.quantizers or plugins.quantizers
+
+    @property
+    def layouts(self):
+        """{op type: LayerLayout} of every registered op with a weight layout."""
+        return self.ops.layouts
+
+
+def _check_config_schema(pass_obj, plugin: str) -> None:
+    import jsonschema
+
+    schema = getattr(pass_obj, "config_schema", None) or {"type": "object"}
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        raise PluginError(f"plugin '{plugin}': pass '{pass_obj.name}' has an invalid "
+                          f"config_schema: {str(exc.message)[:200]}") from None
+    if not isinstance(schema, Mapping) or schema.get("type", "object") != "object":
+        raise PluginError(f"plugin '{plugin}': pass '{pass_obj.name}': config_schema must "
+                          "describe an object (the pass's section of the build config)")
 
 
 @dataclass(frozen=True)
@@ -74,12 +104,11 @@ class RegisteredPass:
         return self.impl.name
 
 
-class PassRegistry:
+class PassRegistry(Registry):
     """Handed to `register_passes`; collects passes and refuses ill-formed or duplicate ones."""
 
     def __init__(self) -> None:
         self._passes: dict[str, RegisteredPass] = {}
-        self.current_plugin = "<unknown>"
 
     def add(self, pass_obj: Any) -> None:
         plugin = self.current_plugin
@@ -92,6 +121,12 @@ class PassRegistry:
         if pass_obj.stage not in STAGES:
             raise PluginError(f"plugin '{plugin}': pass '{name}' has stage '{pass_obj.stage}'; "
                               f"expected one of {list(STAGES)}")
+        for attr in ("requires", "after", "before", "needs", "exclusive_with"):
+            value = getattr(pass_obj, attr, ())
+            if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
+                raise PluginError(f"plugin '{plugin}': pass '{name}': {attr} must be a tuple of "
+                                  f"names, got {value!r:.80}")
+        _check_config_schema(pass_obj, plugin)
         unknown = set(getattr(pass_obj, "needs", ())) - set(DATA_KINDS)
         if unknown:
             raise PluginError(f"plugin '{plugin}': pass '{name}' needs unknown data "

@@ -19,11 +19,14 @@ this walk does not know) leaves the layer unpruned, with a reason naming the nod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
+from amct_targets.graph.layout import LAYOUTS, Layer, resolve_layer
 from amct_targets.graph.model import Model, node_name
 from amct_targets.graph.pattern import GraphIndex
+from amct_targets.graph.run import static_shapes
 
 UNARY_OPS = frozenset({"Relu", "Relu6", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "Identity"})
 NONZERO_AT_ZERO = frozenset({"Sigmoid"})  # f(0) != 0: a zeroed channel still feeds consumers
@@ -77,6 +80,7 @@ class ChannelGroup:
     edits: tuple[ConstEdit, ...]
     consumers: tuple[str, ...]
     zero_preserving: bool
+    cout_axes: tuple[int, ...] = ()   # the layer weight's output-channel axes (layout table)
 
     @property
     def output_side_edits(self) -> tuple[ConstEdit, ...]:
@@ -105,20 +109,6 @@ def _nhwc(node) -> bool:
     return _attr(node, "data_format", "s", b"NHWC").decode() in ("", "NHWC")
 
 
-def static_shapes(graph_def) -> dict[str, tuple[int | None, ...] | None]:
-    """Output 0's static shape of every node, by TensorFlow's shape inference."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    shapes = {}
-    for op in graph.get_operations():
-        shape = op.outputs[0].shape if op.outputs else None
-        shapes[op.name] = None if shape is None or shape.rank is None else tuple(shape.as_list())
-    return shapes
-
-
 @dataclass
 class _Front:
     """A tensor on the path: its node, channel steps so far, channels C, flattened positions."""
@@ -134,8 +124,8 @@ class _Refused(Exception):
 
 
 class _Walk:
-    def __init__(self, model: Model, index: GraphIndex, shapes):
-        self.model, self.index, self.shapes = model, index, shapes
+    def __init__(self, model: Model, index: GraphIndex, shapes, layouts):
+        self.model, self.index, self.shapes, self.layouts = model, index, shapes, layouts
         self.outputs = set(model.output_nodes)
         self.zero_ok = True  # of the group being followed
 
@@ -173,8 +163,12 @@ class _Walk:
         return self.shapes.get(name)
 
     # -- the walk --------------------------------------------------------------------------
-    def follow(self, layer, weights, channels: int, out_axis: int) -> ChannelGroup:
-        edits = [ConstEdit(weights.name, layer.name, "weights", out_axis)]
+    def follow(self, node, layer: Layer) -> ChannelGroup:
+        """The group of a Conv2D/MatMul layer (one output axis): every Const its channels
+        reach, or _Refused with the reason."""
+        (out_axis,) = layer.cout_axes
+        channels = layer.out_channels
+        edits = [ConstEdit(layer.weight, layer.name, "weights", out_axis)]
         consumers: list[str] = []
         self.zero_ok = True
         queue, seen = [_Front(layer.name, (), channels)], set()
@@ -196,8 +190,8 @@ class _Walk:
                 if step[2]:
                     consumers.append(user.name)
                 self.zero_ok &= user.op not in NONZERO_AT_ZERO
-        return ChannelGroup(layer.name, layer.op, channels, weights.name, tuple(edits),
-                            tuple(consumers), self.zero_ok)
+        return ChannelGroup(layer.name, layer.op, channels, layer.weight, tuple(edits),
+                            tuple(consumers), self.zero_ok, layer.cout_axes)
 
     def _step(self, user, front: _Front):
         """(edits, next front or None, is a consumer) for `user` reading `front`."""
@@ -231,20 +225,28 @@ class _Walk:
             return self._mean(user, front)
         if op == "Shape" and self._batch_only(user):
             return [], None, False
-        if op in ("Conv2D", "DepthwiseConv2dNative") and pos == 0 and front.positions == 1 \
-                and _nhwc(user):
-            weights, value = self._private_const(self.index.producer(user, 1), user, "weights")
-            if value.shape[2] != front.channels:
-                raise _Refused(f"{op} '{user.name}' expects {value.shape[2]} input channels, "
-                               f"not {front.channels}; left unpruned")
-            if op == "Conv2D":
-                return [ConstEdit(weights.name, user.name, "consumer", 2, front.steps)], None, True
-            multiplier = int(value.shape[3])
+        layout = self.layouts.get(op)
+        if layout is not None and op in ("Conv2D", "DepthwiseConv2dNative") \
+                and pos == layout.act_index \
+                and front.positions == 1 and _nhwc(user):
+            weights, value = self._private_const(
+                self.index.producer(user, layout.weight_index), user, "weights")
+            cin_axis, cout_axes = layout.axes(user)
+            if value.shape[cin_axis] != front.channels:
+                raise _Refused(f"{op} '{user.name}' expects {value.shape[cin_axis]} input "
+                               f"channels, not {front.channels}; left unpruned")
+            if cin_axis not in cout_axes:
+                return [ConstEdit(weights.name, user.name, "consumer", cin_axis,
+                                  front.steps)], None, True
+            # depthwise: each input channel c owns the outputs c*M .. c*M + M-1
+            multiplier = int(np.prod([value.shape[a] for a in cout_axes])) // front.channels
             nxt = _Front(user.name, front.steps + (("depthwise", multiplier),),
                          front.channels * multiplier)
-            return [ConstEdit(weights.name, user.name, "depthwise", 2, front.steps)], nxt, True
-        if op == "MatMul" and pos == 0 and not _attr(user, "transpose_a", "b", False):
-            return self._matmul(user, front), None, True
+            return [ConstEdit(weights.name, user.name, "depthwise", cin_axis, front.steps)], \
+                nxt, True
+        if layout is not None and op == "MatMul" and pos == layout.act_index and \
+                not _attr(user, "transpose_a", "b", False):
+            return self._matmul(user, front, layout), None, True
         if op == "Reshape" and pos == 0 and front.positions == 1:
             return self._flatten(user, front)
         if op in ("ConcatV2", "Concat", "Pack"):
@@ -314,13 +316,14 @@ class _Walk:
                 return False
         return bool(users)
 
-    def _matmul(self, user, front: _Front) -> list[ConstEdit]:
+    def _matmul(self, user, front: _Front, layout) -> list[ConstEdit]:
         shape = self._shape(front.node)
         if front.positions == 1 and (shape is None or len(shape) != 2):
             raise _Refused(f"MatMul '{user.name}' reads a rank-{len(shape or ())} tensor, not "
                            "a Flatten or spatial Mean output; left unpruned")
-        weights, value = self._private_const(self.index.producer(user, 1), user, "weights")
-        axis = 1 if _attr(user, "transpose_b", "b", False) else 0
+        weights, value = self._private_const(self.index.producer(user, layout.weight_index),
+                                             user, "weights")
+        axis = layout.axes(user)[0]
         rows = front.channels * front.positions
         if value.ndim != 2 or value.shape[axis] != rows:
             raise _Refused(f"MatMul '{user.name}' weights {list(value.shape)} do not have "
@@ -356,43 +359,32 @@ class _Walk:
         return [edit], _Front(user.name, front.steps, front.channels, positions), False
 
 
-def _layer(index: GraphIndex, node):
-    """(weights Const, output channels, output axis) of a candidate layer, or a reason."""
+def _layer(index: GraphIndex, node, layouts):
+    """The layout-resolved candidate layer, or why its output channels cannot be pruned."""
     if node.op == "Conv2D" and not _nhwc(node):
         return "data_format is not NHWC"
     if node.op == "MatMul" and _attr(node, "transpose_a", "b", False):
         return "transpose_a=True"
-    weights = index.producer(node, 1)
-    if weights is None or weights.op != "Const":
-        return f"weights are not a Const (produced by {weights.op if weights else 'nothing'})"
-    users = sorted(set(index.consumers[weights.name]))
-    if len(users) > 1:
-        return f"weights Const '{weights.name}' is shared by {len(users)} ops ({', '.join(users)})"
-    value = index.const_value(weights)
-    if not np.issubdtype(value.dtype, np.floating):
-        return f"weights are {value.dtype}, not float"
-    if node.op == "Conv2D":
-        return weights, int(value.shape[3]), 3
-    axis = 0 if _attr(node, "transpose_b", "b", False) else 1
-    return weights, int(value.shape[axis]), axis
+    return resolve_layer(index, node, layouts)
 
 
-def prunable_layers(model: Model) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+def prunable_layers(model: Model, layouts: Mapping = LAYOUTS
+                    ) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
     """({layer: ChannelGroup} for every Conv2D/MatMul whose output channels can be removed,
     {layer: reason} for the others), both in graph order."""
     index = GraphIndex(model.graph_def)
-    walk = _Walk(model, index, static_shapes(model.graph_def))
+    walk = _Walk(model, index, static_shapes(model.graph_def, model.source), layouts)
     groups: dict[str, ChannelGroup] = {}
     skipped: dict[str, str] = {}
     for node in model.graph_def.node:
         if node.op not in LAYER_OPS:
             continue
-        found = _layer(index, node)
+        found = _layer(index, node, layouts)
         if isinstance(found, str):
             skipped[node.name] = found
             continue
         try:
-            groups[node.name] = walk.follow(node, *found)
+            groups[node.name] = walk.follow(node, found)
         except _Refused as refused:
             skipped[node.name] = str(refused)
     return groups, skipped

@@ -1,8 +1,8 @@
 """BalancedL2Norm filter ranking and AMCT's kept-channel count (ASCEND_FACTS section 5).
 
-A filter is everything one output channel is computed from: `W[:, :, :, o]` of a Conv2D
-(HWIO), `W[:, :, c, m]` of a DepthwiseConv2dNative (HWCM; output channel `c*M + m`),
-`W[:, o]` of a MatMul (`W[o, :]` when `transpose_b`).
+A filter is everything one output channel is computed from: the weight sliced at one index
+of its output-channel axes (the layer-layout table: `W[:, :, :, o]` of a Conv2D,
+`W[:, :, c, m]` of a DepthwiseConv2dNative, output channel `c*M + m`, `W[:, o]` of a MatMul).
 
 "Balanced" here means each layer's L2 norms are divided by the layer's mean filter norm, so a
 score of 1.0 is an average filter of its layer whatever the layer's fan-in or weight scale. The
@@ -15,27 +15,22 @@ import math
 
 import numpy as np
 
+from amct_targets.graph.layout import channels_first
+
 _EPS = 1e-9  # n * ratio like 100 * 0.29 = 28.999999999999996 still counts as 29 pruned
 
 
-def filter_l2_norms(weights: np.ndarray, op: str, transpose_b: bool = False) -> np.ndarray:
-    """The L2 norm of each output filter of `weights` for op `op`, as float64 [out channels]."""
-    w = np.asarray(weights, dtype=np.float64)
-    if op == "Conv2D":
-        return np.sqrt(np.sum(w * w, axis=(0, 1, 2)))
-    if op == "DepthwiseConv2dNative":
-        return np.sqrt(np.sum(w * w, axis=(0, 1))).reshape(-1)  # [C, M] -> c*M + m
-    if op == "MatMul":
-        return np.sqrt(np.sum(w * w, axis=1 if transpose_b else 0))
-    raise ValueError(f"no filter layout known for op {op!r}; expected Conv2D, "
-                     "DepthwiseConv2dNative or MatMul")
+def filter_l2_norms(weights: np.ndarray, cout_axes: tuple[int, ...]) -> np.ndarray:
+    """The L2 norm of each output filter of `weights` (output channels on `cout_axes`, from
+    the layer-layout table), as float64 [out channels] in C order over those axes."""
+    rows = channels_first(np.asarray(weights, dtype=np.float64), tuple(cout_axes))
+    return np.sqrt(np.sum(rows * rows, axis=1))
 
 
-def balanced_l2_norm_scores(weights: np.ndarray, op: str, transpose_b: bool = False
-                            ) -> np.ndarray:
+def balanced_l2_norm_scores(weights: np.ndarray, cout_axes: tuple[int, ...]) -> np.ndarray:
     """Filter L2 norms divided by their mean (see the module docstring); all zeros when every
     filter is zero."""
-    norms = filter_l2_norms(weights, op, transpose_b)
+    norms = filter_l2_norms(weights, cout_axes)
     mean = float(np.mean(norms)) if norms.size else 0.0
     return norms / mean if mean > 0 else np.zeros_like(norms)
 

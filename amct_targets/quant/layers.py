@@ -1,42 +1,60 @@
 """Which layers of a frozen graph can be quantized for a target, and why the others cannot.
 
 The quantizable TF op types and their attribute constraints come from the profile's
-`quantizable_ops` (ASCEND_FACTS 4), never from code.
+`quantizable_ops` (ASCEND_FACTS 4), where each layer takes its activation and weight from the
+layer-layout table (graph/layout.py); nothing here knows an op type's layout.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
-import numpy as np
-
-from amct_targets.graph.model import Model, node_name, tensor_name
+from amct_targets.graph.layout import LAYOUTS, Layer, resolve_layer
+from amct_targets.graph.model import Model
 from amct_targets.graph.pattern import GraphIndex
 
-# Where activation and weight enter each op type, and which weight axes are output channels.
-OP_LAYOUT = {
-    "Conv2D": (0, 1, (3,)),
-    "DepthwiseConv2dNative": (0, 1, (2, 3)),
-    "Conv2DBackpropInput": (2, 1, (2,)),
-    "MatMul": (0, 1, (1,)),
-    "BatchMatMul": (0, 1, (1,)),
-    "BatchMatMulV2": (0, 1, (1,)),
-}
-IMPLEMENTED = frozenset(OP_LAYOUT)
+# Activation ops between a Softmax and the layer that reads it (see `claimed_layers`).
+SHAPE_ONLY_OPS = ("Identity", "Reshape", "ExpandDims", "Squeeze")
 
 
 @dataclass(frozen=True)
 class QuantLayer:
-    """A layer to quantize: its node, where data and weights enter, the weight Const."""
+    """A layer to quantize: the layout-resolved layer and the target's rule for its op."""
 
-    name: str
-    op: str
-    act_input: str           # tensor name feeding the activation input
-    act_index: int
-    weight_index: int
-    weight_node: str
-    channel_axes: tuple[int, ...]
-    channel_wise: bool
-    input_channels: int
+    layer: Layer
+    channel_wise: bool              # the profile's rule: per-channel weights allowed
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def op(self) -> str:
+        return self.layer.op
+
+    @property
+    def act_input(self) -> str:
+        return self.layer.act_input
+
+    @property
+    def act_index(self) -> int:
+        return self.layer.act_index
+
+    @property
+    def weight_index(self) -> int | None:
+        return self.layer.weight_index
+
+    @property
+    def weight_node(self) -> str | None:
+        return self.layer.weight
+
+    @property
+    def channel_axes(self) -> tuple[int, ...]:
+        return self.layer.cout_axes
+
+    @property
+    def input_channels(self) -> int:
+        return self.layer.in_channels
 
 
 @dataclass(frozen=True)
@@ -61,61 +79,46 @@ def _violations(node, rule_attrs: dict) -> str | None:
         got = _attr_value(node, key)
         if got is None:
             continue  # attr absent: TF's default (1 / false) applies
-        if isinstance(got, list):
-            ok = all(v == want for v in got)
-        else:
-            ok = got == want
+        ok = all(v == want for v in got) if isinstance(got, list) else got == want
         if not ok:
             return f"{key}={got} (the target quantizes {node.op} only with {key}={want})"
     return None
 
 
-def find_layers(model: Model, profile, *, skip_layers=(), skip_layer_types=(),
-                min_input_channels: int = 0) -> tuple[list[QuantLayer], list[Skipped]]:
+def find_layers(model: Model, profile, *, layouts: Mapping = LAYOUTS, skip_layers=(),
+                skip_layer_types=(), min_input_channels: int = 0
+                ) -> tuple[list[QuantLayer], list[Skipped]]:
     """Layers to quantize and layers left in float (with a reason each), in graph order."""
     index = GraphIndex(model.graph_def)
     rules = profile.data.get("quantizable_ops", {})
     layers, skipped = [], []
     for node in model.graph_def.node:
-        if node.op not in rules and node.op not in IMPLEMENTED:
+        if node.op not in rules and node.op not in layouts:
             continue
-        reason = _reason(node, index, rules, skip_layers, skip_layer_types, profile)
-        if reason is None:
-            act_index, weight_index, axes = OP_LAYOUT[node.op]
-            data_inputs = index.data_inputs(node)
-            weights = index.const_value(index.producer(node, weight_index))
-            cin = _input_channels(node.op, weights)
-            if min_input_channels and node.op in ("Conv2D", "MatMul") and \
-                    cin < min_input_channels:
-                reason = (f"only {cin} input channel(s), below min_input_channels="
-                          f"{min_input_channels}: INT8 gains nothing after channel padding")
-            else:
-                rule = rules[node.op]
-                layers.append(QuantLayer(
-                    node.name, node.op, tensor_name(data_inputs[act_index]), act_index, weight_index,
-                    node_name(data_inputs[weight_index]), axes,
-                    bool(rule.get("channel_wise", True)), cin))
-                continue
-        skipped.append(Skipped(node.name, node.op, reason))
+        found = _qualify(node, index, rules, layouts, skip_layers, skip_layer_types, profile)
+        if isinstance(found, Layer) and min_input_channels and node.op in ("Conv2D", "MatMul") \
+                and found.in_channels < min_input_channels:
+            found = (f"only {found.in_channels} input channel(s), below min_input_channels="
+                     f"{min_input_channels}: INT8 gains nothing after channel padding")
+        if isinstance(found, Layer):
+            layers.append(QuantLayer(found, bool(rules[node.op].get("channel_wise", True))))
+        else:
+            skipped.append(Skipped(node.name, node.op, found))
     return layers, skipped
 
 
-def _input_channels(op: str, weights: np.ndarray) -> int:
-    if op == "Conv2DBackpropInput":
-        return int(weights.shape[3])
-    if op in ("MatMul", "BatchMatMul", "BatchMatMulV2"):
-        return int(weights.shape[0])
-    return int(weights.shape[2])
-
-
-def _reason(node, index: GraphIndex, rules, skip_layers, skip_layer_types, profile) -> str | None:
+def _qualify(node, index: GraphIndex, rules, layouts, skip_layers, skip_layer_types,
+             profile) -> Layer | str:
     if node.name in skip_layers:
         return "skipped by config (skip_layers)"
     if node.op in skip_layer_types:
         return f"skipped by config (skip_layer_types: {node.op})"
     if node.op not in rules:
         return f"{profile.name} does not list {node.op} in quantizable_ops"
-    if node.op not in IMPLEMENTED:
+    layout = layouts.get(node.op)
+    if layout is None:
+        return f"{node.op} has no registered layer layout; left in float"
+    if layout.weight_index is None:
         return (f"{node.op} quantization is not implemented yet (its AscendDequant ksize "
                 "convention is unverified); left in float")
     violation = _violations(node, rules[node.op].get("attrs", {}))
@@ -124,14 +127,34 @@ def _reason(node, index: GraphIndex, rules, skip_layers, skip_layer_types, profi
     dtype = node.attr.get("T")
     if dtype is not None and dtype.type != 1:  # DT_FLOAT
         return "not a float32 layer"
-    _, weight_index, _ = OP_LAYOUT[node.op]
-    producer = index.producer(node, weight_index)
-    if producer is None or producer.op != "Const":
-        kind = producer.op if producer is not None else "nothing"
-        return f"weights come from {kind}, not a Const (AMCT quantizes constant weights only)"
-    weights = index.const_value(producer)
-    if node.op.startswith("BatchMatMul") and weights.ndim != 2:
-        return f"constant second input has rank {weights.ndim}; the target needs a 2-D weight"
-    if len([c for c in index.consumers.get(producer.name, [])]) > 1:
-        return f"weight Const '{producer.name}' is shared with other layers"
-    return None
+    return resolve_layer(index, node, layouts)
+
+
+def claimed_layers(model: Model, config: Mapping[str, Any], layouts: Mapping = LAYOUTS
+                   ) -> list[str]:
+    """Layers quantization would change, for the planner's conflict check.
+
+    Besides the compute layers, a Softmax feeding (through shape-only ops) the activation
+    input of a layer with Const weights gets an AscendQuant on its output, and a Softmax named
+    with quant_enable true is claimed as asked: fast_softmax may not replace either (AMCT: no
+    quantization and approximation on one layer).
+    """
+    skip = set(config.get("skip_layers", ()))
+    index = GraphIndex(model.graph_def)
+    names = []
+    for node in model.graph_def.node:
+        layout = layouts.get(node.op)
+        if layout is None or layout.weight_index is None or node.name in skip:
+            continue
+        names.append(node.name)
+        if not isinstance(resolve_layer(index, node, layouts), Layer) or \
+                (config.get(node.name) or {}).get("quant_enable") is False:
+            continue
+        producer = index.producer(node, layout.act_index)
+        while producer is not None and producer.op in SHAPE_ONLY_OPS:
+            producer = index.producer(producer, 0)
+        if producer is not None and producer.op == "Softmax":
+            names.append(producer.name)
+    names += [n.name for n in model.graph_def.node if n.op == "Softmax"
+              and (config.get(n.name) or {}).get("quant_enable") is True]
+    return list(dict.fromkeys(names))

@@ -16,7 +16,9 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2
 
 from amct_targets.deploy import ascend_ops
+from amct_targets.graph.layout import bias_of
 from amct_targets.graph.model import Model, node_name, tensor_name
+from amct_targets.graph.nodes import input_slot
 from amct_targets.graph.pattern import GraphIndex
 from amct_targets.quant.layers import QuantLayer
 
@@ -62,15 +64,15 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
         quant_name = f"{layer.name}/ascend_quant"
         new_nodes.append(ascend_ops.ascend_quant_node(quant_name, layer.act_input, q.scale_d,
                                                       q.offset_d))
-        node.input[_input_slot(node, layer.act_index)] = quant_name
+        node.input[input_slot(node, layer.act_index)] = quant_name
         int8_name, offset_name = f"{layer.name}/weight_int8", f"{layer.name}/weight_offset"
         weight_quant = f"{layer.name}/ascend_weight_quant"
         new_nodes += [ascend_ops.const_node(int8_name, q.weights_int8),
                       ascend_ops.const_node(offset_name, np.zeros(1, np.int8)),
                       ascend_ops.ascend_weight_quant_node(weight_quant, int8_name, offset_name)]
-        node.input[_input_slot(node, layer.weight_index)] = weight_quant
+        node.input[input_slot(node, layer.weight_index)] = weight_quant
         last = layer.name
-        bias_node = index.bias_add_of(layer.name)
+        bias_node = bias_of(index, layer.name)
         if bias_node is not None:
             bias_add, bias_const = bias_node
             bias = index.const_value(index.nodes[bias_const]).astype(np.float64)
@@ -93,12 +95,6 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
     _drop_unused_consts(graph_def, replaced | {q.layer.weight_node for q in quants})
     notes = _relu6_to_relu(graph_def, quants)
     return model.replace(graph_def=graph_def, outputs=tuple(outputs)), notes
-
-
-def _input_slot(node, data_index: int) -> int:
-    """Position in node.input of the `data_index`-th data (non-control) input."""
-    data_positions = [i for i, inp in enumerate(node.input) if not inp.startswith("^")]
-    return data_positions[data_index]
 
 
 def _input_ref(node, producer: str) -> str:

@@ -15,21 +15,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from amct_targets.errors import ConfigError
+from amct_targets.retrain.options import TRAIN_DEFAULTS, TRAIN_OPTIONS_SCHEMA, options
 
-TRAIN_OPTIONS_SCHEMA = {
-    "epochs": {"type": "integer", "minimum": 1},
-    "batch_size": {"type": "integer", "minimum": 1},
-    "learning_rate": {"type": "number", "exclusiveMinimum": 0},
-    "lr_schedule": {"enum": ["cosine", "constant"]},
-    "optimizer": {"enum": ["adam", "sgd", "rmsprop"]},
-    "loss": {"enum": ["sparse_categorical_crossentropy", "categorical_crossentropy", "mse"]},
-    "from_logits": {"type": "boolean"},
-    "seed": {"type": "integer"},
-}
-TRAIN_DEFAULTS = {"epochs": 2, "batch_size": 32, "learning_rate": 1e-4, "lr_schedule": "cosine",
-                  "optimizer": "adam",
-                  "loss": "sparse_categorical_crossentropy", "from_logits": True, "seed": 0}
-
+__all__ = ["TRAIN_DEFAULTS", "TRAIN_OPTIONS_SCHEMA", "TrainingData", "fit", "options"]
 
 @dataclass
 class TrainingData:
@@ -54,13 +42,6 @@ class TrainingData:
             return {k: np.concatenate([np.asarray(c[k]) for c in collected])[:count]
                     for k in collected[0]}
         return {model.inputs[0].name: np.concatenate([np.asarray(c) for c in collected])[:count]}
-
-
-def options(section: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict:
-    resolved = dict(TRAIN_DEFAULTS)
-    resolved.update(defaults or {})
-    resolved.update({k: v for k, v in section.items() if k in TRAIN_OPTIONS_SCHEMA})
-    return resolved
 
 
 def _dataset(training: TrainingData, model, opts):

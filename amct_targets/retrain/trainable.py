@@ -15,7 +15,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
-from amct_targets.graph.model import Model, node_name, tensor_name
+from amct_targets.errors import ModelError
+from amct_targets.graph.layout import LAYOUTS, Layer, bias_of, resolve_layer
+from amct_targets.graph.model import Model, tensor_name
+from amct_targets.graph.nodes import input_slot
 from amct_targets.graph.pattern import GraphIndex
 
 # A transform maps (layer name, weight tensor) -> the tensor the layer computes with.
@@ -44,15 +47,15 @@ class TrainableGraph:
     """Variables for the weights (and biases) of `layers`; optional activation fake quant.
 
     Build it inside `strategy.scope()` when training with a tf.distribute strategy.
+    `layers` are layout-resolved `Layer`s or node names (resolved with `layouts`).
     `act_ranges` ({layer: (min, max)}) inserts a learnable fake quantization on each of
-    those layers' activation input (index `act_index[layer]`).
+    those layers' activation input.
     """
 
-    def __init__(self, model: Model, layers: Sequence[str], *,
-                 weight_index: Mapping[str, int] | None = None,
+    def __init__(self, model: Model, layers: Sequence[Layer | str], *,
                  act_ranges: Mapping[str, tuple[float, float]] | None = None,
-                 act_index: Mapping[str, int] | None = None,
-                 const_masks: Mapping[str, np.ndarray] | None = None):
+                 const_masks: Mapping[str, np.ndarray] | None = None,
+                 layouts: Mapping = LAYOUTS):
         import tensorflow as tf
 
         self.model = model
@@ -61,17 +64,19 @@ class TrainableGraph:
         graph_def = model.copy_graph_def()
         index = GraphIndex(graph_def)
         self.layers: list[TrainedLayer] = []
-        for name in layers:
-            node = index.nodes[name]
-            w_index = (weight_index or {}).get(name, 1)
-            weight = node_name(index.data_inputs(node)[w_index])
-            bias = index.bias_add_of(name)
-            self.layers.append(TrainedLayer(name, weight, bias[1] if bias else None))
+        resolved: dict[str, Layer] = {}
+        for item in layers:
+            layer = item if isinstance(item, Layer) else resolve_layer(
+                index, index.nodes[item], layouts)
+            if not isinstance(layer, Layer) or layer.weight is None:
+                raise ModelError(f"layer '{item}' cannot be retrained: {layer}")
+            resolved[layer.name] = layer
+            bias = bias_of(index, layer.name)
+            self.layers.append(TrainedLayer(layer.name, layer.weight, bias[1] if bias else None))
         self.act_ranges = dict(act_ranges or {})
         for name, (low, high) in sorted(self.act_ranges.items()):
             node = index.nodes[name]
-            slot = [i for i, inp in enumerate(node.input) if not inp.startswith("^")][
-                (act_index or {}).get(name, 0)]
+            slot = input_slot(node, resolved[name].act_index)
             fq = node_def_pb2.NodeDef(name=f"{name}/amct_act_fq", op="FakeQuantWithMinMaxVars")
             fq.input.extend([node.input[slot], f"{name}/amct_act_min", f"{name}/amct_act_max"])
             fq.attr["num_bits"].CopyFrom(attr_value_pb2.AttrValue(i=8))

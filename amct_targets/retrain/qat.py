@@ -1,0 +1,112 @@
+"""Quantization-aware training (the `qat` pass's work), ending in the same deploy .pb as
+post-training quantization.
+
+Weights: ARQ-style symmetric fake quantization per output channel (the layout table's output
+axes) or per tensor (`arq_retrain`). Activations: learnable clipping (`ulq_quantize`): a
+FakeQuantWithMinMaxVars whose min/max are variables, initialised by the layer's activation
+algorithm (IFMR) on training samples and trained with straight-through gradients. Sparsity
+masks that travel with the model (`Model.weight_masks`, from 4:2 or pruning) stay applied,
+so 4:2 + QAT is AMCT's combined compression. The trained float graph is then finished
+exactly as post-training quantization (quant/int8.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from amct_targets.graph.model import Model
+from amct_targets.quant.calibrate import calibrate
+from amct_targets.quant.config import QuantSettings
+from amct_targets.quant.int8 import finish_int8, quantize_weights, select_int8_layers
+from amct_targets.quant.rewrite import LayerQuant
+from amct_targets.retrain.train import TRAIN_OPTIONS_SCHEMA, fit, options
+from amct_targets.retrain.trainable import TrainableGraph
+
+INIT_SAMPLES = 256
+QAT_DEFAULTS = {"epochs": 2, "learning_rate": 2e-5}
+
+
+def fake_quant_weights(cout_axes: tuple[int, ...], channel_wise: bool):
+    """A TF transform: symmetric 8-bit fake quantization, per output channel when asked."""
+    import tensorflow as tf
+
+    def per_last_axis(weights):
+        axes = list(range(len(weights.shape) - 1))
+        m = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights), axis=axes), 1e-12))
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weights, -m, m, num_bits=8, narrow_range=True)
+
+    def transform(weights):
+        if not channel_wise:
+            m = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(weights)), 1e-12))
+            return tf.quantization.fake_quant_with_min_max_vars(weights, -m, m, num_bits=8,
+                                                                narrow_range=True)
+        rank = len(weights.shape)
+        axes = sorted(a % rank for a in cout_axes)
+        perm = [a for a in range(rank) if a not in axes] + axes
+        moved = tf.transpose(weights, perm)
+        shape = tf.shape(moved)
+        flat = tf.reshape(moved, tf.concat([shape[:rank - len(axes)], [-1]], 0))
+        restored = tf.reshape(per_last_axis(flat), shape)
+        return tf.transpose(restored, np.argsort(perm).tolist())
+
+    return transform
+
+
+def nudged_quant_params(low: float, high: float) -> tuple[float, int]:
+    """(scale_d, offset_d) of FakeQuantWithMinMaxVars' 8-bit grid over [low, high]."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low < 1e-12:
+        return 1.0, -128
+    scale = (high - low) / 255.0
+    zero_point = int(np.clip(np.floor(-low / scale + 0.5), 0, 255))
+    return float(scale), zero_point - 128
+
+
+def quantization_aware_training(model: Model, ctx) -> Model:
+    config = {k: v for k, v in ctx.config.items() if k not in TRAIN_OPTIONS_SCHEMA}
+    settings = QuantSettings.from_section(config, ctx.quantizers, where="passes.qat")
+    selection = select_int8_layers(model, ctx.profile, settings, ctx.layouts)
+    layers = selection.layers
+    if not layers:
+        ctx.report.layers.extend(selection.float_layers)
+        ctx.report.notes.append("no layer to quantize; the model is unchanged")
+        return model
+    first = ctx.training.first_inputs(model, INIT_SAMPLES)
+    ctx.progress("initialising activation ranges on training samples")
+    stats, _ = calibrate(model, selection.stats_requests(ctx.quantizers), [first], ops=ctx.ops)
+    ranges = {}
+    for layer in layers:
+        act = selection.params[layer.name]["activation"]
+        params = ctx.quantizers.activations[act["act_algo"]].compute(stats[layer.act_input], act)
+        ranges[layer.name] = (params.clip_min, params.clip_max)
+    masks = dict(model.weight_masks)
+    by_name = {layer.name: layer for layer in layers}
+    quantizers = {layer.name: fake_quant_weights(
+        layer.channel_axes, selection.params[layer.name]["weight"]["channel_wise"])
+        for layer in layers}
+
+    def apply_mask(name, weights):
+        mask = masks.get(by_name[name].weight_node)
+        return weights if mask is None else weights * mask
+
+    def transform(name, weights):
+        return quantizers[name](apply_mask(name, weights))
+
+    opts = options(ctx.config, QAT_DEFAULTS)
+    trainable, history = fit(
+        lambda: TrainableGraph(model, [q.layer for q in layers], act_ranges=ranges),
+        model, ctx.training, opts, transform=transform, progress=ctx.progress)
+    trained = trainable.export(apply_mask)
+    learned = trainable.activation_ranges()
+    values = trainable.values()
+    quants = []
+    for layer in layers:
+        scale_d, offset_d = nudged_quant_params(*learned[layer.name])
+        weights = apply_mask(layer.name, values[layer.weight_node])
+        result = quantize_weights(selection, ctx.quantizers, layer, weights)
+        quants.append(LayerQuant(layer, scale_d, offset_d, np.asarray(result.scale, np.float32),
+                                 result.quantized))
+        selection.params[layer.name]["activation"]["act_algo"] = "ulq_quantize"
+    ctx.report.metrics.update(train_loss=[round(x, 5) for x in history["loss"]],
+                              train_steps=history["steps"], train_seconds=history["seconds"])
+    return finish_int8(trained, selection, quants, ctx, first, stats)
