@@ -292,7 +292,9 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def cleanup_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` (so `finally`/`except` blocks remove
-    the staging folder); after the block the process still ends by SIGTERM, as it would have.
+    the staging folder); when the block is left, the process still ends by SIGTERM, as it
+    would have. That holds even where TensorFlow turned the exception into one of its own
+    (a signal caught inside a callback it runs): the signal is remembered, not the exception.
 
     Only where SIGTERM has its default action and in the main thread: a handler the
     application installed itself is left alone."""
@@ -300,17 +302,17 @@ def cleanup_on_sigterm() -> Iterator[None]:
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
+    received: list[int] = []
 
     def raise_terminated(signum, frame):
-        raise Terminated()
+        received.append(signum)
+        if len(received) == 1:  # a second SIGTERM must not interrupt the clean-up
+            raise Terminated()
 
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
-    except Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
+        if received:
+            os.kill(os.getpid(), signal.SIGTERM)

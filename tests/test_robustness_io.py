@@ -584,7 +584,7 @@ def test_killed_build_leaves_the_earlier_output_and_is_cleaned_up(tmp_path, demo
     owner = json.loads((staging / ".owner.json").read_text())
     assert owner["pid"] == process.pid
     process.send_signal(sig)
-    assert process.wait(timeout=120) == -sig
+    assert process.wait(timeout=120) == -sig, process.stderr.read().decode()[-3000:]
     assert tree_sha(out / "ascend310") == earlier
     if sig == signal.SIGTERM:  # cleaned up by the build itself before it ended
         assert not staging.exists() and "Traceback" not in process.stderr.read().decode()
