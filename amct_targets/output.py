@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 from amct_targets.errors import OutputError
+from amct_targets.safe_io import read_text
 
 STAGING_PREFIX = ".amct-staging-"
 OWNER_FILE = ".owner.json"
@@ -155,11 +156,12 @@ def _write_owner(staging: Path) -> None:
 
 
 def _owner_of(staging: Path) -> Owner | None:
-    try:
-        data = json.loads((staging / OWNER_FILE).read_text(encoding="utf-8"))
+    try:  # read as any user file: a FIFO planted as the record must not hang the build
+        data = json.loads(read_text(staging / OWNER_FILE, "staging owner record", OutputError,
+                                    1 << 16))
         return Owner(str(data["host"]), int(data["pid"]), data.get("start"),
                      data.get("boot_id"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OutputError, ValueError, KeyError, TypeError):
         return None
 
 

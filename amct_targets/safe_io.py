@@ -76,10 +76,23 @@ def require_regular_file(path: str | os.PathLike, what: str, error: ErrorType) -
 
 
 def require_file_or_folder(path: str | os.PathLike, what: str, error: ErrorType) -> bool:
-    """True for a folder, False for a regular file; anything else (FIFO, device) is an error."""
+    """True for a folder, False for a regular file; anything else (FIFO, device) is an error.
+
+    A folder must hold only regular files and folders too: TensorFlow reading a SavedModel
+    would block on a FIFO inside it just the same."""
     path = Path(path)
     info = _stat(path, what, error, "file or folder")
     if stat.S_ISDIR(info.st_mode):
+        for folder, _dirs, files in os.walk(path):
+            for name in files:
+                entry = Path(folder) / name
+                try:
+                    mode = entry.stat().st_mode
+                except OSError:
+                    continue  # a dangling link: TensorFlow reports it if it needs the file
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    raise error(f"{entry}: is {_kind(mode)} inside the {what} {path}; it may "
+                                "hold only regular files and folders")
         return True
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{path}: is {_kind(info.st_mode)}, not a regular file or folder; give the "

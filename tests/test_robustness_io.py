@@ -315,6 +315,18 @@ def test_fifos_devices_and_sockets_as_configs_data_and_profiles(tmp_path, demo_p
                      output_dir=tmp_path / "o")
         with pytest.raises(ProfileError, match=f"{profiles / 'board.yaml'}: is a FIFO"):
             at.list_targets(targets_dirs=[profiles])
+        saved = tmp_path / "sm"
+        (saved / "variables").mkdir(parents=True)
+        (saved / "saved_model.pb").write_bytes(b"")
+        os.mkfifo(saved / "variables" / "variables.index")
+        with pytest.raises(ModelError, match=f"{saved / 'variables' / 'variables.index'}: is a "
+                                             f"FIFO \\(named pipe\\) inside the model"):
+            at.build(saved, "ascend310", output_dir=tmp_path / "o")
+        out = tmp_path / "o2"
+        (out / ".amct-staging-planted").mkdir(parents=True)
+        os.mkfifo(out / ".amct-staging-planted" / ".owner.json")
+        at.build(demo_pb, "ascend310", output_dir=out)  # an unreadable record: not stale yet
+        assert (out / ".amct-staging-planted").exists() and (out / "ascend310").is_dir()
     server.close()
     assert not (tmp_path / "o").exists()
 
