@@ -24,10 +24,12 @@ from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import PassContext
 from amct_targets.planner import Plan, make_plan, pass_options
+from amct_targets.report.html import write_index, write_target_report
 from amct_targets.retrain.train import TrainingData
 from amct_targets.safe_io import require_file_or_folder
 
-REPORT_NAME, SCRIPT_NAME = "report.json", "atc.sh"
+REPORT_NAME, SCRIPT_NAME, HTML_NAME, INDEX_NAME = ("report.json", "atc.sh", "report.html",
+                                                   "index.html")
 
 
 @dataclass
@@ -167,7 +169,9 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                     "check_warnings": sum(f.severity == "warning" for f in findings)},
     }
     session.plugins.call("build_finished", report=report, target_dir=folder)
+    report["artifacts"]["report_html"] = HTML_NAME
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_target_report(report, folder)   # after the dump: the page shows what report.json holds
     return TargetBuild(profile.name, final, report)
 
 
@@ -228,7 +232,8 @@ def build(session, model_source, targets: Iterable[str], *, calib=None, train=No
                 session.progress(f"[{index}/{len(profiles)}] building for {profile.name}")
                 results.append(emit_target(session, model, profile, plans[profile.name],
                                            config, data, staging, out.resolve(), sha))
-            output.replace_targets(staging, out, [r.target for r in results])
+            write_index([r.report for r in results], staging)
+            output.replace_targets(staging, out, [r.target for r in results] + [INDEX_NAME])
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             output.remove_created(created)

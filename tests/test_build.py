@@ -23,12 +23,12 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
     out = tmp_path / "out"
     reports = at.build(demo_pb, ["all"], calib=demo_calib, output_dir=out)
     assert sorted(reports) == ["ascend310", "ascend310p", "ascend910", "ascend910b"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(reports)
+    assert sorted(p.name for p in out.iterdir()) == sorted(reports) + ["index.html"]
     for target, report in reports.items():
         folder = out / target
         assert sorted(p.name for p in folder.iterdir()) == ["atc.sh", "digits_cnn.pb",
                                                             "quant_config.json", "record.txt",
-                                                            "report.json"]
+                                                            "report.html", "report.json"]
         on_disk = json.loads((folder / "report.json").read_text())
         assert on_disk == json.loads(json.dumps(report))
         for key in ("target", "soc_version", "input_sha256", "passes", "artifacts",
@@ -38,7 +38,8 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
         assert on_disk["input_sha256"] == sha(demo_pb)
         assert on_disk["artifacts"] == {"pb": "digits_cnn.pb", "atc_script": "atc.sh",
                                         "report": "report.json", "record": "record.txt",
-                                        "quant_config": "quant_config.json"}
+                                        "quant_config": "quant_config.json",
+                                        "report_html": "report.html"}
         assert on_disk["checks"] == []
         fold = on_disk["passes"][0]
         assert (fold["name"], fold["status"]) == ("fold_bn", "ran")
@@ -100,7 +101,7 @@ def test_same_build_twice_gives_identical_files(tmp_path, demo_pb, demo_calib):
     before = sha(first / "ascend910b" / "digits_cnn.pb")
     at.build(demo_pb, "ascend910b", calib=demo_calib, output_dir=first)
     assert sha(first / "ascend910b" / "digits_cnn.pb") == before
-    assert sorted(p.name for p in first.iterdir()) == ["ascend910b"]
+    assert sorted(p.name for p in first.iterdir()) == ["ascend910b", "index.html"]
 
 
 def test_input_is_never_modified(tmp_path, demo_pb):
@@ -135,7 +136,7 @@ def test_failure_keeps_an_earlier_good_output(tmp_path, monkeypatch, demo_pb):
     module = write_plugin(tmp_path, "raising_plugin", RAISING_PASS, monkeypatch)
     with pytest.raises(PluginError):
         at.build(demo_pb, "ascend310", output_dir=out, plugins=[module])
-    assert sorted(p.name for p in out.iterdir()) == ["ascend310"]
+    assert sorted(p.name for p in out.iterdir()) == ["ascend310", "index.html"]
     assert sha(out / "ascend310" / "digits_cnn.pb") == good
 
 

@@ -240,7 +240,7 @@ def test_new_report_fields_render_evaluation_histograms_curves_stats_autocalibra
     assert dom.tables["evaluation-outputs"][0][1] == ["Identity:0", "99.33", "31.40",
                                                       "0.999640"]
     with_histogram = [e for e in quant_layers(rich) if "histogram" in e]
-    assert len(with_histogram) == 2
+    assert len(with_histogram) >= 2
     assert sorted(c for c in dom.charts if c.startswith("histogram-")) == sorted(
         f"histogram-{quant_layers(rich).index(e) + 1}" for e in with_histogram)
     assert {"curve-prune_channels", "curve-qat", "auto-calibration"} <= set(dom.charts)

@@ -426,7 +426,7 @@ def test_file_size_limit_names_the_output_folder_and_keeps_the_earlier_build(
     assert_one_error(run, f"{out}: cannot write the build output: a file exceeds the file size "
                           "limit (ulimit -f)", "earlier builds in it are unchanged")
     assert "plugin" not in run.stderr and "quantize" not in run.stderr
-    assert tree_sha(out) == earlier and sorted(p.name for p in out.iterdir()) == ["ascend310"]
+    assert tree_sha(out) == earlier and sorted(p.name for p in out.iterdir()) == ["ascend310", "index.html"]
     assert sha(demo_pb) == model
 
 
@@ -488,7 +488,7 @@ def test_full_disk_names_the_output_folder_not_the_plugin(tmp_path, demo_pb, dem
                              "space left on the device; free at least "), stderr
     assert f"on the file system holding {out} (" in stderr and stderr.count("\n") == 1
     assert "plugin" not in stderr and "Traceback" not in stderr
-    assert result["entries"] == ["ascend310"] and result["files"] == before
+    assert result["entries"] == ["ascend310", "index.html"] and result["files"] == before
 
 
 def test_read_only_output_folder(tmp_path, demo_pb):
@@ -603,7 +603,7 @@ def test_killed_build_leaves_the_earlier_output_and_is_cleaned_up(tmp_path, demo
         return
     assert staging.exists()  # SIGKILL cannot be caught: the next build removes it
     at.build(demo_pb, "ascend310", calib=demo_calib, output_dir=out)
-    assert sorted(p.name for p in out.iterdir()) == ["ascend310"]
+    assert sorted(p.name for p in out.iterdir()) == ["ascend310", "index.html"]
     assert (out / "ascend310" / "record.txt").exists()
 
 
@@ -639,7 +639,8 @@ def test_only_staging_folders_of_dead_builds_are_removed(tmp_path, demo_pb):
         (gone / ".old-ascend910" / "keep.txt").write_text("earlier build")
         at.build(demo_pb, "ascend310", output_dir=out)
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            ["ascend310", "ascend910", live.name, mine.name, other_host.name, fresh.name])
+            ["ascend310", "ascend910", "index.html", live.name, mine.name, other_host.name,
+             fresh.name])
         assert (out / "ascend910" / "keep.txt").read_text() == "earlier build"
         assert not reused.exists() and not gone.exists() and not old.exists()
     finally:
