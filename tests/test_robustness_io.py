@@ -492,14 +492,18 @@ def test_full_disk_names_the_output_folder_not_the_plugin(tmp_path, demo_pb, dem
     assert result["entries"] == ["ascend310", "index.html"] and result["files"] == before
 
 
-def test_read_only_output_folder(tmp_path, demo_pb):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a tmpfs in a namespace here")
+def test_read_only_output_folder_is_one_clear_error(tmp_path, demo_pb):
+    """A real read-only file system (EROFS), mounted in a private namespace."""
     out = tmp_path / "ro"
     out.mkdir()
-    out.chmod(0o500)
-    with pytest.raises(OutputError, match=f"{out}: cannot write the build output: permission"):
-        at.build(demo_pb, "ascend310", output_dir=out)
+    run = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", 'mount -t tmpfs -o ro,size=64k tmpfs "$1" && shift && '
+         'exec "$@"', "sh", str(out), sys.executable, "-m", "amct_targets", "build", str(demo_pb),
+         "--target", "ascend310", "--output", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert_one_error(run, f"{out}: cannot write the build output: the file system is read-only; "
+                          "choose a writable folder with --output")
 
 
 # --- 10: non-UTF-8 ---------------------------------------------------------------------------
