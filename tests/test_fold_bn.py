@@ -7,6 +7,7 @@ import pytest
 from amct_targets.graph.load import load_model, model_from_graph_def
 from amct_targets.passes.base import PassContext, PassRegistry
 from amct_targets.graph.fold_bn import fold_batch_norm
+from amct_targets.hooks.manager import default_ops
 from amct_targets.passes.fold_bn import FoldBatchNorm, register_passes
 from models import (bn_nodes, random_feeds, randomize_bn, relative_error, run_graph,
                           shared_weight_graph, small_bn_cnn, tf1_fused_bn_graph)
@@ -161,7 +162,7 @@ def test_pass_reports_layers_and_registers_through_the_hook(tf1_model):
     assert isinstance(fold, FoldBatchNorm) and fold.requires == ("bn_fusion",)
     assert fold.stage == "prepare" and fold.enabled_by_default
     assert fold.layers(tf1_model, {}) == ["conv", "dw"]
-    ctx = PassContext(profile=None, config={})
+    ctx = PassContext(profile=None, config={}, ops=default_ops())
     result = fold.apply(tf1_model, ctx)
     assert ctx.report.metrics == {"folded": 2, "left": 1}
     assert [(r["layer"], r["status"]) for r in ctx.report.layers] == [

@@ -22,6 +22,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from amct_targets.graph.model import node_name, tensor_name
+from amct_targets.graph.ops import OpSpec
 from amct_targets.hooks import hookimpl
 
 
@@ -61,8 +62,6 @@ LAYOUTS: dict[str, LayerLayout] = {layout.op: layout for layout in (
 
 @hookimpl
 def register_ops(registry):
-    from amct_targets.graph.ops import OpSpec
-
     for layout in LAYOUTS.values():
         registry.add(OpSpec(layout.op, layout=layout))
 

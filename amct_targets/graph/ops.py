@@ -18,13 +18,10 @@ the stock compute ops (graph/layout.py) register through the same hook as a plug
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from amct_targets.errors import ModelError, PluginError
 from amct_targets.hooks import Registry
-
-if TYPE_CHECKING:  # pragma: no cover
-    from amct_targets.graph.layout import LayerLayout
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class OpSpec:
     op_type: str
     expand: Callable[[Any, "ExpansionBuilder"], None] | None = None
     atc: AtcAcceptance | None = None
-    layout: "LayerLayout | None" = None
+    layout: Any = None        # a graph.layout.LayerLayout
     summary: str = ""
 
 
@@ -94,7 +91,7 @@ class OpRegistry(Registry):
         return {t: s.expand for t, s in sorted(self._specs.items()) if s.expand is not None}
 
     @property
-    def layouts(self) -> dict[str, "LayerLayout"]:
+    def layouts(self) -> dict[str, Any]:
         return {t: s.layout for t, s in sorted(self._specs.items()) if s.layout is not None}
 
     def atc_acceptance(self, op_type: str, profile_name: str) -> AtcAcceptance | None:

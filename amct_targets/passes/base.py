@@ -66,14 +66,6 @@ class PassContext:
     ops: Any = None          # the OpRegistry (register_ops): expanders, ATC, layer layouts
     quantizers: Any = None   # the QuantizerRegistry (register_quantizers)
 
-    def __post_init__(self) -> None:
-        if self.ops is None or self.quantizers is None:
-            from amct_targets.hooks.manager import default_plugins
-
-            plugins = default_plugins()
-            self.ops = self.ops or plugins.ops
-            self.quantizers = self.quantizers or plugins.quantizers
-
     @property
     def layouts(self):
         """{op type: LayerLayout} of every registered op with a weight layout."""
