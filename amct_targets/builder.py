@@ -10,22 +10,23 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from amct_targets import output
 from amct_targets.config import load_build_config
 from amct_targets.data import as_input_arrays, load_training
 from amct_targets.deploy import atc as atc_mod
-from amct_targets.errors import AmctError, ConfigError, PluginError, describe
+from amct_targets.errors import AmctError, ConfigError, ModelError, PluginError, describe
 from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import PassContext
 from amct_targets.planner import Plan, make_plan, pass_options
 from amct_targets.report.html import write_index, write_target_report
 from amct_targets.retrain.train import TrainingData
+from amct_targets.safe_io import require_file_or_folder
 
 REPORT_NAME, SCRIPT_NAME, HTML_NAME, INDEX_NAME = ("report.json", "atc.sh", "report.html",
                                                    "index.html")
@@ -75,7 +76,7 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                               ops=session.plugins.ops, quantizers=session.plugins.quantizers)
             session.progress(f"{profile.name}: running {step.name}")
             started = time.perf_counter()
-            model = _apply_pass(session, registered, model, ctx, profile)
+            model = _apply_pass(session, registered, model, ctx, profile, folder)
             entry.update(status="ran", layers=ctx.report.layers,
                          seconds=round(time.perf_counter() - started, 3))
             if ctx.report.metrics:
@@ -88,7 +89,8 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
     return model, entries
 
 
-def _apply_pass(session, registered, model: Model, ctx: PassContext, profile) -> Model:
+def _apply_pass(session, registered, model: Model, ctx: PassContext, profile,
+                folder: Path) -> Model:
     """`registered.impl.apply(model, ctx)`, wrapped: any failure (SystemExit included) is one
     PluginError naming the pass; a plugin's pass works on a private copy of the model and may
     not edit it in place (the next pass or target would see the edit)."""
@@ -100,6 +102,10 @@ def _apply_pass(session, registered, model: Model, ctx: PassContext, profile) ->
         result = registered.impl.apply(given, ctx)
     except (AmctError, KeyboardInterrupt):
         raise
+    except OSError as exc:
+        if output.is_write_failure(exc, folder):
+            raise  # the output folder's fault, not the plugin's: build() says so
+        raise PluginError(f"{where} failed on target {profile.name}: {describe(exc)}") from None
     except BaseException as exc:  # noqa: B036 - a plugin may not end or crash the tool
         raise PluginError(f"{where} failed on target {profile.name}: {describe(exc)}") from None
     if not isinstance(result, Model):
@@ -184,6 +190,9 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
 def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs,
                    loss=None, optimizer=None, strategy=None):
     config, where = load_build_config(config)
+    if isinstance(model_source, (str, os.PathLike)):
+        require_file_or_folder(model_source, "model: a frozen .pb, SavedModel folder or "
+                               ".keras/.h5 file", ModelError)
     model = load_model(model_source, outputs=outputs, input_shapes=input_shapes,
                        plugins=session.plugins)
     data = {}
@@ -204,6 +213,10 @@ def build(session, model_source, targets: Iterable[str], *, calib=None, train=No
     profiles = session.profiles.select(list(targets))
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
+    out = Path(output_dir)
+    output.refuse_overlap({"model": model_source, "calibration data": calib,
+                           "training data": train, "build config": config}, out,
+                          [p.name for p in profiles])
     model, config, where, data = prepare_inputs(session, model_source, calib=calib, train=train,
                                                 config=config, input_shapes=input_shapes,
                                                 outputs=outputs, loss=loss,
@@ -212,61 +225,36 @@ def build(session, model_source, targets: Iterable[str], *, calib=None, train=No
     plans = {p.name: make_plan(model, p, session.plugins, config, data=given, config_source=where)
              for p in profiles}
     sha = input_sha256(model_source, model)
-    out = Path(output_dir)
-    created = _make_output_dir(out)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".amct-staging-", dir=out))
-    except OSError as exc:
-        _remove_if_created(out, created)
-        raise AmctError(f"{out}: cannot write to the output folder ({exc.strerror}); choose "
-                        "another with --output") from None
-    try:
-        results = []
-        for index, profile in enumerate(profiles, 1):
-            session.progress(f"[{index}/{len(profiles)}] building for {profile.name}")
-            results.append(emit_target(session, model, profile, plans[profile.name], config,
-                                       data, staging, out.resolve(), sha))
-        write_index([r.report for r in results], staging)
-        for result in results:
-            _replace_dir(staging / result.target, out / result.target, staging)
-        os.replace(staging / INDEX_NAME, out / INDEX_NAME)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_if_created(out, created)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return results
-
-
-def _make_output_dir(out: Path) -> list[Path]:
-    """Create `out` and missing parents; return what was created (to undo on failure)."""
-    created = []
-    for folder in reversed([out, *out.parents]):
-        if folder.exists():
-            if not folder.is_dir():
-                raise AmctError(f"{out}: cannot create the output folder: {folder} is a file; "
-                                "choose another with --output")
-            continue
+    # About what the build writes: one .pb per target (at most the input's size) and reports.
+    needed = (len(model.serialize()) + (1 << 16)) * len(profiles)
+    with output.cleanup_on_sigterm():
+        created = output.make_output_dir(out)
+        output.remove_stale_staging(out, session.progress)
         try:
-            folder.mkdir()
+            staging = output.create_staging(out)
         except OSError as exc:
-            _remove_if_created(out, created)
-            raise AmctError(f"{out}: cannot create the output folder ({exc.strerror}); choose "
-                            "another with --output") from None
-        created.append(folder)
-    return created
-
-
-def _remove_if_created(out: Path, created: list[Path]) -> None:
-    for folder in reversed(created):
+            output.remove_created(created)
+            if output.is_write_failure(exc, out):
+                raise output.write_failure(exc, out, needed) from None
+            raise output.OutputError(f"{out}: cannot write to the output folder "
+                                     f"({exc.strerror}); choose another with --output") from None
         try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-
-def _replace_dir(new: Path, final: Path, staging: Path) -> None:
-    if final.exists():
-        old = staging / f".old-{final.name}"
-        os.replace(final, old)
-    os.replace(new, final)
+            results = []
+            for index, profile in enumerate(profiles, 1):
+                session.progress(f"[{index}/{len(profiles)}] building for {profile.name}")
+                results.append(emit_target(session, model, profile, plans[profile.name],
+                                           config, data, staging, out.resolve(), sha))
+            write_index([r.report for r in results], staging)
+            output.replace_targets(staging, out, [r.target for r in results] + [INDEX_NAME])
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            output.remove_created(created)
+            if output.is_write_failure(exc, out):
+                raise output.write_failure(exc, out, needed) from None
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            output.remove_created(created)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+    return results

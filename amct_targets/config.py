@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jsonschema
-import yaml
 
 from amct_targets.errors import ConfigError
+from amct_targets.safe_io import CONFIG_MAX_BYTES, load_yaml, read_json, read_text, schema_message
 
 
 def _schema() -> dict:
@@ -27,17 +27,8 @@ def load_build_config(source: str | os.PathLike | Mapping[str, Any] | None) -> t
         config, where = dict(source), "config"
     else:
         path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the build config ({exc.strerror})") from None
-        try:
-            config = yaml.safe_load(text)  # JSON is YAML too
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}:" if mark else ""
-            raise ConfigError(f"{path}:{line} not valid YAML/JSON: "
-                              f"{getattr(exc, 'problem', None) or exc}") from None
+        text = read_text(path, "build config", ConfigError, CONFIG_MAX_BYTES)
+        config = load_yaml(text, path, "build config", ConfigError)  # JSON is YAML too
         where = str(path)
         if config is None:
             config = {}
@@ -46,8 +37,7 @@ def load_build_config(source: str | os.PathLike | Mapping[str, Any] | None) -> t
     validator = jsonschema.Draft202012Validator(_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise ConfigError(f"{where}: {error.json_path}: {message}")
+        raise ConfigError(f"{where}: {schema_message(error)}")
     return normalize_build_config(config, where), where
 
 
@@ -83,10 +73,7 @@ def merge_amct_section(section: Mapping[str, Any], where: str, what: str) -> tup
     merged: dict[str, Any] = {}
     if section.get("amct_config"):
         path = Path(section["amct_config"])
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the AMCT {what} config: {exc}") from None
+        loaded = read_json(path, f"AMCT {what} config", ConfigError, CONFIG_MAX_BYTES)
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: an AMCT {what} config must be a JSON object")
         merged.update(loaded)

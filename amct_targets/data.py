@@ -3,31 +3,21 @@ check them against the model's inputs before any work."""
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from amct_targets.errors import ConfigError
 from amct_targets.graph.model import Model, TensorSpec
+from amct_targets.safe_io import read_array_file
 
 LABEL_KEY = "y"
 
 
 def read_arrays(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
-    """Arrays of an .npz (by key) or .npy (key ''), with allow_pickle off."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such {what} file; give an .npz keyed by input name or an .npy")
-    try:
-        if path.suffix.lower() == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ConfigError(f"{path}: not a readable {what} file (.npz or .npy without pickled "
-                          f"objects): {exc}") from None
+    """Arrays of an .npz (by key) or .npy (key ''): a regular file whose array headers fit
+    its size, without object dtypes (nothing unpickled)."""
+    return read_array_file(path, what, ConfigError)
 
 
 def as_input_arrays(source: Any, model: Model, what: str, where: str,
@@ -95,7 +85,8 @@ def _check_array(array: np.ndarray, spec: TensorSpec, what: str, where: str) -> 
 
 
 def load_training(source: Any, model: Model, where: str) -> dict[str, np.ndarray]:
-    """Training data: the model's inputs plus labels under key `y`."""
+    """Training data: the model's inputs plus labels under key `y`, checked against the
+    model's first output (what the retraining loss compares them with) before any work."""
     if isinstance(source, (str, os.PathLike)):
         arrays = read_arrays(source, "training")
     elif isinstance(source, Mapping):
@@ -107,6 +98,60 @@ def load_training(source: Any, model: Model, where: str) -> dict[str, np.ndarray
                           f"'{LABEL_KEY}' beside the inputs")
     data = as_input_arrays(arrays, model, "training data", where, allow_extra=(LABEL_KEY,))
     first = next(v for k, v in data.items() if k != LABEL_KEY)
-    if len(data[LABEL_KEY]) != len(first):
-        raise ConfigError(f"{where}: {len(data[LABEL_KEY])} labels for {len(first)} samples")
+    check_labels(np.asarray(data[LABEL_KEY]), len(first), model, where)
     return data
+
+
+def check_labels(labels: np.ndarray, samples: int, model: Model, where: str) -> None:
+    """Labels are numeric, one per sample, finite, and fit the first output: either its shape
+    (one-hot or regression targets) or class indices in [0, classes)."""
+    label = f"{where}: labels '{LABEL_KEY}'"
+    if labels.dtype.kind not in "biuf":
+        raise ConfigError(f"{label}: dtype {labels.dtype} is not numeric; store class indices "
+                          "as integers (or one-hot/target values as floats)")
+    if labels.ndim == 0 or len(labels) != samples:
+        count = 1 if labels.ndim == 0 else len(labels)
+        raise ConfigError(f"{where}: {count} labels for {samples} samples")
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
+        raise ConfigError(f"{label}: NaN or infinite values; clean the labels")
+    shape = output_shape(model)
+    if not shape:
+        return  # rank unknown (or a scalar output): nothing to compare against
+    output, given, wanted = model.outputs[0], labels.shape[1:], shape[1:]
+    if _fits(given, wanted):
+        return
+    index_shapes = (wanted[:-1], wanted[:-1] + (1,)) if wanted and wanted[-1] != 1 else ()
+    if any(_fits(given, candidate) for candidate in index_shapes):
+        classes = wanted[-1]
+        if labels.dtype.kind == "f" and not np.all(labels == np.floor(labels)):
+            raise ConfigError(f"{label}: shape {labels.shape} means class indices, but some "
+                              "values are not whole numbers")
+        if classes is not None:
+            bad = np.flatnonzero((labels < 0) | (labels >= classes))
+            if bad.size:
+                index = np.unravel_index(bad[0], labels.shape)
+                raise ConfigError(
+                    f"{label}: {bad.size} label(s) outside [0, {classes}) (e.g. "
+                    f"{labels[index]} at index {index[0]}); the model's output '{output}' has "
+                    f"{classes} classes")
+        return
+    expected = ", ".join(str(d if d is not None else "?") for d in wanted)
+    raise ConfigError(f"{label}: shape {labels.shape} fits neither class indices nor the "
+                      f"model's output '{output}' of shape (N, {expected})")
+
+
+def _fits(given: tuple, wanted: tuple) -> bool:
+    return len(given) == len(wanted) and all(w is None or g == w for g, w in zip(given, wanted))
+
+
+def output_shape(model: Model) -> tuple[int | None, ...] | None:
+    """Static shape of the model's first output, by TensorFlow's shape inference."""
+    import tensorflow as tf
+
+    try:
+        with tf.Graph().as_default() as graph:
+            tf.compat.v1.import_graph_def(model.graph_def, name="")
+            shape = graph.get_tensor_by_name(model.outputs[0]).shape
+    except (ValueError, KeyError, TypeError, IndexError, tf.errors.OpError):
+        return None
+    return None if shape.rank is None else tuple(shape.as_list())

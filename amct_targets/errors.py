@@ -27,6 +27,10 @@ class PluginError(AmctError):
     """A plugin failed to load, validate or run; the message names the plugin."""
 
 
+class OutputError(AmctError):
+    """The output folder cannot be used: it overlaps an input, or cannot be written."""
+
+
 MAX_DETAIL = 300  # characters of a foreign exception's text shown in one message
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jsonschema
-import yaml
 
 from amct_targets.errors import ProfileError
 from amct_targets.hooks import hookimpl
+from amct_targets.safe_io import PROFILE_MAX_BYTES, load_yaml, read_text, schema_message
 
 TARGETS_PATH_ENV = "AMCT_TARGETS_PATH"
 REQUIRED_CONCRETE = ("display_name", "family", "soc_version", "soc_versions", "capabilities",
@@ -101,17 +101,8 @@ class DeviceProfile:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read the profile ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(f"{path}:{where}: not valid YAML: {problem}") from None
+    text = read_text(path, "profile", ProfileError, PROFILE_MAX_BYTES)
+    data = load_yaml(text, path, "profile", ProfileError)
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping with at least `name:`")
     return data
@@ -121,8 +112,7 @@ def _validate(data: Mapping, path: Path, schema: dict) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
-        where = error.json_path
-        raise ProfileError(f"{path}: {where}: {error.message}; see the schema "
+        raise ProfileError(f"{path}: {schema_message(error)}; see the schema "
                            "amct_targets/schemas/device_profile.schema.json")
 
 

@@ -5,11 +5,16 @@ Also a built-in plugin: its `atc_options` hook adds the profile's capability fla
 """
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Iterable
 
+from amct_targets.errors import PluginError
 from amct_targets.graph.model import Model, TensorSpec
 from amct_targets.hooks import hookimpl
+
+# One atc flag, as the device profile schema's `flag`: no control characters in the value.
+_FLAG = re.compile(r"--[a-z_]+(=[^\x00-\x1f\x7f-\x9f\u2028\u2029]*)?")
 
 
 @hookimpl
@@ -68,7 +73,13 @@ def atc_argv(profile, model: Model, pb_path: str, output_prefix: str,
     argv.append(f"--out_nodes={';'.join(model.outputs)}")
     argv.append(f"--precision_mode={atc.get('precision_mode', 'force_fp16')}")
     seen = {_flag_key(a) for a in argv[1:]}
-    for flag in list(atc.get("extra_flags", [])) + list(extra_flags):
+    extra_flags = list(extra_flags)
+    for flag in extra_flags:
+        if not isinstance(flag, str) or not _FLAG.fullmatch(flag):
+            text = repr(flag) if len(repr(flag)) <= 120 else repr(flag)[:120] + "..."
+            raise PluginError(f"an atc_options hook returned the flag {text}; atc flags are "
+                              "--name or --name=value without control characters")
+    for flag in list(atc.get("extra_flags", [])) + extra_flags:
         if _flag_key(flag) not in seen:
             argv.append(flag)
             seen.add(_flag_key(flag))
@@ -76,13 +87,22 @@ def atc_argv(profile, model: Model, pb_path: str, output_prefix: str,
 
 
 def shell_command(argv: Iterable[str]) -> str:
-    """One shell line in which every argument stays literal (spaces, quotes, ;, $())."""
-    return " ".join(shlex.quote(a) for a in argv)
+    """One shell line in which every argument stays literal (spaces, quotes, ;, $(), newlines)."""
+    words = list(argv)
+    if any("\0" in word for word in words):
+        raise ValueError("a shell word cannot hold a NUL character")
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def comment_text(text: str) -> str:
+    """`text` fit for one `#` comment line: every character that is not printable (newlines,
+    carriage returns, escape sequences, line separators) becomes '?', so nothing after it
+    can start a new command line."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def atc_script(argv: list[str], profile) -> str:
-    return ("#!/bin/sh\n"
-            f"# Compile for {profile.display_name} (soc_version {profile.soc_version}) with ATC "
-            "from the CANN toolkit.\n"
-            "set -e\n"
-            f"{shell_command(argv)}\n")
+    """The atc.sh text: a comment and one line of shell-quoted words, nothing else."""
+    comment = comment_text(f"Compile for {profile.display_name} (soc_version "
+                           f"{profile.soc_version}) with ATC from the CANN toolkit.")
+    return f"#!/bin/sh\n# {comment}\nset -e\n{shell_command(argv)}\n"

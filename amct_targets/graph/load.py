@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from amct_targets.errors import ModelError, PluginError
 from amct_targets.graph.canonicalize import canonicalize
 from amct_targets.graph.model import Model, TensorSpec, node_name, tensor_name
+from amct_targets.safe_io import require_regular_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from tensorflow.core.framework import graph_pb2
@@ -49,6 +50,8 @@ def read_graph_def(path: str | os.PathLike, importable: bool = True) -> "graph_p
 
     path = Path(path)
     try:
+        if path.exists():  # a FIFO or device would hang or exhaust the read
+            require_regular_file(path, "frozen .pb model", ModelError)
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: no such file; give the path of a frozen .pb, a SavedModel "
