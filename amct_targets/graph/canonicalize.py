@@ -1,9 +1,17 @@
-"""Canonical form of a frozen graph, by TensorFlow's own grappler.
+"""Canonical form of a frozen graph, by TensorFlow's own grappler, then two rewrites.
 
-Constant folding turns Keras 3's decomposed batch-norm arithmetic (rsqrt(var+eps)*gamma, ...)
-into single per-channel constants, and the dependency optimizer removes Identity and NoOp
-nodes between ops, so rewrites match one shape of graph. Remapper and layout optimizers stay
-off: they would produce fused ops (_FusedConv2D) that neither AMCT nor ATC reads.
+1. Function calls are inlined by grappler's function optimizer, so nothing hides inside a
+   PartitionedCall (ATC would need a side file for them). Keras marks some calls for XLA
+   (`_XlaMustCompile`, `_noinline`: grouped convolutions), which the inliner skips; those
+   marks are dropped first, since the frozen graph is never XLA-compiled.
+2. Constant folding turns Keras 3's decomposed batch-norm arithmetic (rsqrt(var+eps)*gamma,
+   ...) into single per-channel constants, and the dependency optimizer removes Identity and
+   NoOp nodes between ops, so rewrites match one shape of graph. Remapper and layout
+   optimizers stay off: they would produce fused ops (_FusedConv2D) that neither AMCT nor
+   ATC reads.
+3. Grouped Conv2D -> depthwise or Split + Conv2D per group + ConcatV2 (graph/grouped_conv.py)
+   and Einsum -> Transpose/Reshape + BatchMatMulV2 (graph/einsum.py): the forms AMCT's
+   quantization rules and the layer-layout table know.
 """
 from __future__ import annotations
 
@@ -37,12 +45,44 @@ def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
     return optimized
 
 
+# Marks that keep grappler's inliner away: XLA compilation (Keras's grouped convs) and
+# `_noinline` (set on the functions Keras compiles with XLA).
+XLA_ATTRS = ("_XlaMustCompile", "_xla_compile_id", "_XlaScope", "_XlaInternalScope",
+             "_noinline")
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def drop_xla_marks(graph_def):
+    """A copy of `graph_def` whose function calls and functions carry no XLA compile marks."""
+    graph_def = type(graph_def).FromString(graph_def.SerializeToString())
+    bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
+    for nodes in bodies:
+        for node in nodes:
+            for key in XLA_ATTRS:
+                node.attr.pop(key, None)
+    for function in graph_def.library.function:
+        for key in XLA_ATTRS:
+            function.attr.pop(key, None)
+    return graph_def
+
+
 def canonicalize(model: Model) -> Model:
-    """Return the model with its graph constant-folded and stripped of Identity/NoOp chains.
+    """Return the model with its functions inlined, its graph constant-folded and stripped of
+    Identity/NoOp chains, grouped convs and Einsums in matmul / AMCT form.
 
     Inputs and outputs keep their names: grappler preserves fetched nodes, and placeholders
-    are never folded.
+    are never folded. What was rewritten is in `model.notes`.
     """
+    from amct_targets.graph.einsum import einsum_to_matmul
+    from amct_targets.graph.grouped_conv import split_grouped_convs
+
     fetch = sorted(set(model.output_nodes) | set(model.input_names))
-    optimized = run_grappler(model.graph_def, fetch)
-    return model.replace(graph_def=optimized)
+    graph_def = model.graph_def
+    if any(n.op in CALL_OPS for n in graph_def.node):
+        graph_def = drop_xla_marks(graph_def)
+    optimized = run_grappler(graph_def, fetch)
+    if not any(n.op in CALL_OPS for n in optimized.node):
+        optimized.ClearField("library")   # every call inlined: ATC needs no function library
+    optimized, grouped = split_grouped_convs(optimized, model.source)
+    optimized, einsums = einsum_to_matmul(optimized, model.source)
+    return model.replace(graph_def=optimized, notes=tuple(model.notes) + tuple(grouped + einsums))

@@ -17,6 +17,7 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import tensor_util
 
+from amct_targets.graph.concat_affine import push_affine_through_concat
 from amct_targets.graph.layout import LAYOUTS, Layer, per_channel_shape, resolve_layer
 from amct_targets.graph.model import Model, node_name
 from amct_targets.graph.pattern import GraphIndex, OpPattern
@@ -279,7 +280,7 @@ def fold_batch_norm(model: Model, skip: frozenset = frozenset(), layouts: Mappin
     Rounds repeat until nothing folds, so chains like Conv -> Add(c) -> Mul(c) fold fully.
     The input model is not changed.
     """
-    graph_def = model.copy_graph_def()
+    graph_def, _ = push_affine_through_concat(model.copy_graph_def())
     folded: list[dict] = []
     while True:
         graph_def, done, left = _fold_round(graph_def, model, skip, layouts)

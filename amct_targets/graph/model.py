@@ -49,7 +49,7 @@ class Model:
     """A frozen graph with its interface. Passes return a new Model; they never mutate one.
 
     `outputs` are tensor names (`node:0`). `source` says where the model came from, for
-    messages and the report. `weight_masks` ({weight Const name: 0/1 array of its shape})
+    messages and the report. `notes` say what loading rewrote. `weight_masks` ({weight Const name: 0/1 array of its shape})
     are sparsity masks a pass fixed (4:2, pruning) that later retraining must keep: they
     travel with the model from pass to pass.
     """
@@ -60,6 +60,7 @@ class Model:
     source: str = "<memory>"
     name: str = "model"
     weight_masks: Mapping[str, "np.ndarray"] = field(default_factory=dict, compare=False)
+    notes: tuple[str, ...] = ()   # what loading changed (inlined calls, rewritten ops)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_masks", _frozen_masks(self.weight_masks))
