@@ -8,117 +8,20 @@ paths, fed identical tensors.
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
-from conftest import REPO
-from tensorflow.core.framework import (attr_value_pb2, graph_pb2, node_def_pb2,
-                                       tensor_shape_pb2, types_pb2)
+from oplib_support import (LIBRARY_NAME, PARAMS, assert_same, attr, float_op,
+                           native_and_simulated, placeholder, python_process, run_session)
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, types_pb2
 
-import amct_targets as at
 from amct_targets.approx import FastSoftmaxParams, invalid_reason, ref_fast_softmax
 from amct_targets.approx.ops import fast_softmax_node
 from amct_targets.deploy import ascend_ops as ops
-from amct_targets.deploy.oplib import LIBRARY_NAME, load_ascend_op_library
+from amct_targets.deploy.oplib import load_ascend_op_library
 from amct_targets.simulate import load_simulation
-
-# A script standing in for the compiler: counts its runs, then is g++.
-COUNTING_CXX = '#!/bin/sh\necho run >> "{count}"\nexec g++ "$@"\n'
-LOAD_SCRIPT = ("import time; from amct_targets.deploy.oplib import load_ascend_op_library as load;"
-               "t = time.perf_counter(); m = load(); print(m is not None, time.perf_counter() - t)")
-
-
-def _python(code: str, env: dict) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", **env}
-    return subprocess.Popen([sys.executable, "-c", code], env=full, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-class Built:
-    def __init__(self, module, cache, count_file, cxx):
-        self.module, self.cache, self.count_file, self.cxx = module, cache, count_file, cxx
-
-    def compiler_runs(self) -> int:
-        return len(self.count_file.read_text().split()) if self.count_file.exists() else 0
-
-    def library(self):
-        (path,) = self.cache.glob(f"oplib/*/{LIBRARY_NAME}")
-        return path
-
-
-@pytest.fixture(scope="module")
-def oplib(tmp_path_factory):
-    """Two processes ask for the library at once on an empty cache: one compiles, the other
-    waits and loads; then this process loads the cached file without compiling."""
-    root = tmp_path_factory.mktemp("oplib")
-    cache, count = root / "cache", root / "compiler_runs"
-    cxx = root / "counting-g++"
-    cxx.write_text(COUNTING_CXX.format(count=count))
-    cxx.chmod(0o755)
-    env = {"CXX": str(cxx), "AMCT_TARGETS_CACHE_DIR": str(cache)}
-    procs = [_python(LOAD_SCRIPT, env) for _ in range(2)]
-    results = [p.communicate(timeout=1800) for p in procs]
-    for proc, (out, err) in zip(procs, results):
-        assert proc.returncode == 0 and out.startswith("True"), err
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        module = load_ascend_op_library()
-    assert module is not None
-    built = Built(module, cache, count, cxx)
-    assert built.compiler_runs() == 1
-    return built
-
-
-# --- graphs -----------------------------------------------------------------------------------
-
-def _attr(**kw):
-    return attr_value_pb2.AttrValue(**kw)
-
-
-def placeholder(name, shape, dtype=types_pb2.DT_FLOAT):
-    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
-    return node_def_pb2.NodeDef(name=name, op="Placeholder", attr={
-        "dtype": _attr(type=dtype), "shape": _attr(shape=tensor_shape_pb2.TensorShapeProto(
-            dim=dims))})
-
-
-def float_op(name, op, inputs, **attrs):
-    return node_def_pb2.NodeDef(name=name, op=op, input=inputs,
-                                attr={"T": _attr(type=types_pb2.DT_FLOAT), **attrs})
-
-
-def run_session(pb, feeds: dict, fetches: list[str]) -> list[np.ndarray]:
-    """Stock TensorFlow: import the .pb and run it, the Ascend ops on the library's kernels."""
-    import tensorflow as tf
-
-    graph_def = graph_pb2.GraphDef.FromString(pb.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as session:
-        return session.run([f"{f}:0" for f in fetches], {f"{k}:0": v for k, v in feeds.items()})
-
-
-def native_and_simulated(tmp_path, nodes, feeds: dict, fetch: str):
-    """(library kernels, stock-op expansion) outputs of the same .pb file."""
-    pb = tmp_path / "model.pb"
-    pb.write_bytes(graph_pb2.GraphDef(node=nodes).SerializeToString())
-    (native,) = run_session(pb, feeds, [fetch])
-    simulated = load_simulation(pb, outputs=[f"{fetch}:0"])(feeds)[f"{fetch}:0"]
-    return native, simulated
-
-
-def assert_same(native, simulated, reference):
-    np.testing.assert_array_equal(native, reference)
-    np.testing.assert_array_equal(native, simulated)
-    assert native.dtype == simulated.dtype == np.float32
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -132,8 +35,7 @@ def test_second_call_in_a_process_neither_builds_nor_loads_again(oplib, monkeypa
     assert time.perf_counter() - start < 0.05
     assert oplib.library().stat().st_mtime_ns == mtime
     assert oplib.compiler_runs() == 1
-    # A cache hit is keyed by compiler, flags and source: another folder would build anew,
-    # but this process keeps the library it has.
+    # Once loaded, the process keeps its library: another cache folder is not even looked at.
     monkeypatch.setenv("AMCT_TARGETS_CACHE_DIR", str(oplib.cache.parent / "elsewhere"))
     assert load_ascend_op_library() is oplib.module
     assert not (oplib.cache.parent / "elsewhere").exists()
@@ -151,7 +53,7 @@ def test_without_a_working_compiler_it_warns_once_and_returns_none(tmp_path, cxx
             "assert o.load_ascend_op_library() is None\n"
             "assert r.get('AscendQuant') is None\n"
             "print('ok')\n")
-    proc = _python(code, {"CXX": cxx, "AMCT_TARGETS_CACHE_DIR": str(tmp_path / "cache")})
+    proc = python_process(code, {"CXX": cxx, "AMCT_TARGETS_CACHE_DIR": str(tmp_path / "cache")})
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0 and out == "ok\n", err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -329,10 +231,10 @@ def test_avgpool_between_quant_and_dequant_uses_the_window_area(oplib, tmp_path)
     x = (rng.standard_normal((2, 6, 6, 3)) * 4).astype(np.float32)
     for ksize, channels in (((2, 2), 1), ((3, 3), 3)):
         packed = ops.pack_deq_scale(rng.uniform(0.01, 0.1, channels).astype(np.float32))
-        window = _attr(list=attr_value_pb2.AttrValue.ListValue(i=[1, *ksize, 1]))
+        window = attr(list=attr_value_pb2.AttrValue.ListValue(i=[1, *ksize, 1]))
         nodes = [placeholder("x", x.shape), ops.ascend_quant_node("q", "x", 0.05, 4),
                  float_op("pool", "AvgPool", ["q"], ksize=window, strides=window,
-                          padding=_attr(s=b"VALID"), data_format=_attr(s=b"NHWC")),
+                          padding=attr(s=b"VALID"), data_format=attr(s=b"NHWC")),
                  ops.const_node("deq", packed),
                  ops.ascend_dequant_node("d", "pool", "deq", ksize=ksize)]
         pb = tmp_path / "pool.pb"
@@ -345,9 +247,6 @@ def test_avgpool_between_quant_and_dequant_uses_the_window_area(oplib, tmp_path)
 
 # --- FastSoftmax ------------------------------------------------------------------------------
 
-PARAMS = FastSoftmaxParams.rounded(0.4, 0.06, 2.5)
-
-
 @pytest.mark.parametrize("shape, axis", [((50, 37), -1), ((4, 9, 6), 1), ((7, 3, 5), 0)])
 def test_fast_softmax_rows_along_any_axis(oplib, tmp_path, shape, axis):
     assert invalid_reason(PARAMS) is None
@@ -358,102 +257,3 @@ def test_fast_softmax_rows_along_any_axis(oplib, tmp_path, shape, axis):
     assert_same(native, simulated, reference)
     assert np.abs(native.sum(axis=axis) - 1).max() < 1e-5
     assert (x - x.max(axis=axis, keepdims=True) < -PARAMS.clip_value).any()  # clamps taken
-
-
-# --- a whole quantized chain ------------------------------------------------------------------
-
-def conv2d_same(x, w):
-    """Float64 NHWC convolution, SAME padding: exact for these integer operands."""
-    kh, kw = w.shape[:2]
-    padded = np.pad(x, ((0, 0), (kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2), (0, 0)))
-    patches = sliding_window_view(padded, (kh, kw), axis=(1, 2))   # N, H, W, C, kh, kw
-    return np.einsum("nhwcij,ijco->nhwo", patches.astype(np.float64), w.astype(np.float64))
-
-
-def test_conv_dequant_pool_fast_softmax_chain(oplib, tmp_path):
-    """quant -> int8 conv -> bias -> dequant (per channel, shift N on two channels) -> relu
-    -> quant -> 2x2 AvgPool -> dequant(ksize) -> FastSoftmax over the channels."""
-    rng = np.random.default_rng(12)
-    x = (rng.standard_normal((2, 6, 6, 3)) * 3).astype(np.float32)
-    x.flat[:4] = [0.25, -1.25, 0.75, -0.25]   # exact ties at scale_d = 0.5
-    w = rng.integers(-128, 128, size=(3, 3, 3, 4)).astype(np.int8)
-    bias = rng.integers(-5000, 5000, size=4).astype(np.float32)
-    deq1 = ops.pack_deq_scale(rng.uniform(1e-4, 1e-3, 4).astype(np.float32),
-                              shift_n=np.array([0, 2, 0, 7]))
-    deq2 = ops.pack_deq_scale(np.float32(0.05))
-    window = _attr(list=attr_value_pb2.AttrValue.ListValue(i=[1, 2, 2, 1]))
-    nodes = [
-        placeholder("x", x.shape), ops.ascend_quant_node("q1", "x", 0.5, -3),
-        ops.const_node("w", w), ops.const_node("w_offset", np.zeros(1, np.int8)),
-        ops.ascend_weight_quant_node("wq", "w", "w_offset"),
-        float_op("conv", "Conv2D", ["q1", "wq"], padding=_attr(s=b"SAME"),
-                 strides=_attr(list=attr_value_pb2.AttrValue.ListValue(i=[1, 1, 1, 1]))),
-        ops.const_node("bias", bias), float_op("bias_add", "BiasAdd", ["conv", "bias"]),
-        ops.const_node("deq1", deq1), ops.ascend_dequant_node("dq1", "bias_add", "deq1"),
-        float_op("relu", "Relu", ["dq1"]), ops.ascend_quant_node("q2", "relu", 0.05, 0),
-        float_op("pool", "AvgPool", ["q2"], ksize=window, strides=window,
-                 padding=_attr(s=b"VALID"), data_format=_attr(s=b"NHWC")),
-        ops.const_node("deq2", deq2), ops.ascend_dequant_node("dq2", "pool", "deq2", (2, 2)),
-        fast_softmax_node("probs", ["dq2"], PARAMS),
-    ]
-    pb = tmp_path / "chain.pb"
-    pb.write_bytes(graph_pb2.GraphDef(node=nodes).SerializeToString())
-    pooled, native = run_session(pb, {"x": x}, ["pool", "probs"])
-    simulated = load_simulation(pb)(x)
-    q1 = ops.ref_ascend_quant(x, np.float32(2.0), -3)
-    acc = (conv2d_same(q1, ops.ref_ascend_weight_quant(w, np.zeros(1, np.int8))) + bias)
-    relu = np.maximum(ops.ref_ascend_dequant(acc.astype(np.float32), deq1), 0)
-    q2 = ops.ref_ascend_quant(relu, np.float32(1 / 0.05), 0)
-    pool_f64 = q2.reshape(2, 3, 2, 3, 2, 4).astype(np.float64).mean(axis=(2, 4))
-    assert np.abs(pooled - pool_f64).max() < 1e-5      # TF's pool on the reference's q2
-    dq2 = ops.ref_ascend_dequant(pooled, deq2, ksize=(2, 2))
-    reference = ref_fast_softmax(dq2, PARAMS.a, PARAMS.b, PARAMS.clip_value)
-    assert_same(native, simulated, reference)
-    assert len(np.unique(q2)) > 10 and (q2 == 127).any()   # a real spread, clamped at the top
-
-
-# --- deploy graphs made by the package --------------------------------------------------------
-
-def test_quantized_demo_deploy_pb_runs_in_stock_tf(oplib, tmp_path, demo_pb, demo_calib):
-    report = at.build(demo_pb, "ascend310", calib=demo_calib, output_dir=tmp_path / "out",
-                      config={"passes": {"quantize": {"batch_num": 2}}})["ascend310"]
-    pb = tmp_path / "out" / "ascend310" / report["artifacts"]["pb"]
-    types = [n.op for n in graph_pb2.GraphDef.FromString(pb.read_bytes()).node]
-    assert [types.count(t) for t in ("AscendQuant", "AscendWeightQuant", "AscendDequant")] == \
-        [4, 4, 4]
-    simulation = load_simulation(pb)
-    images = np.load(demo_calib)["image"]
-    (name,) = [s.name for s in simulation.inputs]
-    fetches = [o.split(":")[0] for o in simulation.outputs]
-    native = run_session(pb, {name: images}, fetches)
-    simulated = simulation({name: images})
-    for fetch, value in zip(simulation.outputs, native):
-        np.testing.assert_array_equal(value, simulated[fetch])
-    assert np.abs(native[0]).max() > 0
-
-
-def test_quantized_matmul_and_fast_softmax_chain_from_the_build(oplib, tmp_path):
-    import tensorflow as tf
-
-    rng = np.random.default_rng(11)
-    graph = tf.Graph()
-    with graph.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, [None, 32], name="features")
-        logits = tf.nn.bias_add(tf.matmul(x, rng.normal(0, 0.7, (32, 10)).astype(np.float32)),
-                                rng.normal(0, 0.5, 10).astype(np.float32), name="logits")
-        tf.nn.softmax(logits, name="probs")
-    src = tmp_path / "softmax.pb"
-    src.write_bytes(graph.as_graph_def().SerializeToString())
-    calib = rng.normal(0, 1, (256, 32)).astype(np.float32)
-    report = at.build(src, "ascend310p", calib=calib, output_dir=tmp_path / "out",
-                      config={"passes": {"fast_softmax": {"enabled": True},
-                                         "quantize": {"batch_num": 1}}},
-                      plugins=["amct_targets.passes.fast_softmax"])["ascend310p"]
-    pb = tmp_path / "out" / "ascend310p" / report["artifacts"]["pb"]
-    types = {n.op for n in graph_pb2.GraphDef.FromString(pb.read_bytes()).node}
-    assert {"AscendQuant", "AscendWeightQuant", "AscendDequant", "FastSoftmax"} <= types
-    held_out = rng.normal(0, 1, (64, 32)).astype(np.float32)
-    (native,) = run_session(pb, {"features": held_out}, ["probs"])
-    simulated = load_simulation(pb, outputs=["probs:0"])(held_out)
-    np.testing.assert_array_equal(native, simulated)
-    assert np.abs(native.sum(axis=1) - 1).max() < 1e-5
