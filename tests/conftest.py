@@ -21,6 +21,16 @@ def _hermetic(monkeypatch):
     monkeypatch.delenv("AMCT_TARGETS_TRACE_PLUGINS", raising=False)
 
 
+@pytest.fixture(scope="session")
+def oplib(tmp_path_factory):
+    """The Ascend op library, really compiled once per test session in a temporary cache and
+    loaded into this process (tests/oplib_support.py: build_and_load)."""
+    from oplib_support import build_and_load
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return build_and_load(tmp_path_factory.mktemp("oplib"), monkeypatch)
+
+
 @pytest.fixture
 def demo_pb() -> Path:
     from amct_targets.demo import demo_paths

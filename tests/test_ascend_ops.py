@@ -200,6 +200,22 @@ def test_dequant_area_9_per_channel_is_not_reassociated_by_grappler(tmp_path):
     np.testing.assert_array_equal(got, ops.ref_ascend_dequant(pooled, packed, ksize=(3, 3)))
 
 
+def test_a_constant_mul_after_dequant_or_anti_quant_is_not_merged_into_it(tmp_path):
+    # Grappler rewrites (t * deq) * c into t * (deq * c); the kernel rounds t * deq first.
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2**20, 2**20, size=(4, 8, 8, 6)).astype(np.float32)
+    packed = ops.pack_deq_scale(rng.uniform(1e-4, 1e-2, 6).astype(np.float32))
+    c = rng.uniform(0.5, 2, 6).astype(np.float32)
+    nodes = _dequant_graph(packed, x.shape) + [ops.const_node("c", c),
+                                               _float_op("scaled", "Mul", ["dequant", "c"])]
+    np.testing.assert_array_equal(_run(tmp_path, nodes, x),
+                                  ops.ref_ascend_dequant(x, packed) * c)
+    nodes = [_placeholder("x", x.shape), ops.ascend_anti_quant_node("aq", "x", 0.0123),
+             ops.const_node("c", c), _float_op("scaled", "Mul", ["aq", "c"])]
+    np.testing.assert_array_equal(_run(tmp_path, nodes, x),
+                                  ops.ref_ascend_anti_quant(x, 0.0123) * c)
+
+
 def test_anti_quant_is_x_times_scale(tmp_path):
     x = np.arange(-128, 128, dtype=np.float32).reshape(16, 16)
     nodes = [_placeholder("x", x.shape), ops.ascend_anti_quant_node("aq", "x", 6 / 255, 0.0)]

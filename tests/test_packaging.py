@@ -1,5 +1,5 @@
-"""The wheel carries the device profiles, schemas, demo and report templates; the console
-script is declared."""
+"""The wheel carries the device profiles, schemas, demo, report templates and the op library's
+C++ source; the console script is declared."""
 from __future__ import annotations
 
 import subprocess
@@ -25,6 +25,7 @@ def test_wheel_contains_profiles_schemas_demo_and_report_templates(tmp_path):
     for name in ("base.html.j2", "macros.html.j2", "target.html.j2", "index.html.j2",
                  "report.css", "report.js"):
         assert f"amct_targets/report/templates/{name}" in names
+    assert "amct_targets/deploy/oplib/ascend_ops.cc" in names   # built at first use
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "amct-targets = amct_targets.cli:main" in text

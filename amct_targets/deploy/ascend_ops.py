@@ -161,7 +161,7 @@ def _build_quant(node, e: ExpansionBuilder) -> None:
         raise ModelError(f"node '{node.name}' (AscendQuant): dst_type {dst!r} is not INT4/INT8")
     half = 2 ** (DST_BITS[dst] - 1)
     offset = e.const("offset", np.float32(node.attr["offset"].f))
-    scaled = e.op("mul", "Mul", [e.inputs[0], e.const("scale", np.float32(node.attr["scale"].f))])
+    scaled = _times_constant(e, "mul", e.inputs[0], "scale", node.attr["scale"].f)
     # C round (ties away from zero) from exact float32 steps: sign(x) * (floor|x| + (frac >= .5))
     magnitude = e.op("abs", "Abs", [scaled])
     whole = e.op("floor", "Floor", [magnitude])
@@ -207,10 +207,7 @@ def _build_dequant(node, e: ExpansionBuilder) -> None:
     deq, shift = _decode(packed, data_format)
     t = e.inputs[0]
     if area != 1:
-        # MulNoNan (= Mul for a non-zero factor), not Mul: Grappler reassociates chains of Mul
-        # ((x * 9) * deq -> x * (9 * deq), arithmetic optimizer and constant folding), which
-        # moves the last bit of a float32 result; MulNoNan/DivNoNan stay out of such chains.
-        t = e.op("area", "MulNoNan", [t, e.const("area_factor", np.float32(area))])
+        t = _times_constant(e, "area", t, "area_factor", area)
     if np.any(shift > 0):
         # x / 2^N and x * 2^-N are both exact, as is the kernel's double division.
         down = e.op("down", "Mul", [t, e.const("inv_pow2n", (2.0 ** -shift).astype(np.float32))])
@@ -219,7 +216,7 @@ def _build_dequant(node, e: ExpansionBuilder) -> None:
             e.const("int16_max", np.float32(INT16_MAX))])
         t = shifted if np.all(shift > 0) else e.op(
             "select", "SelectV2", [e.const("shifted", shift > 0), shifted, t])
-    y = e.op("deq", "Mul", [t, e.const("deq_scale", deq.astype(np.float32))])
+    y = _times_constant(e, "deq", t, "deq_scale", deq)
     if np.any(shift > 0):
         two_pow_n = e.const("two_pow_n", (2.0 ** shift).astype(np.float32))
         y = e.op("pow2n", "Mul", [y, two_pow_n])
@@ -231,7 +228,18 @@ def _build_dequant(node, e: ExpansionBuilder) -> None:
 
 def _build_anti_quant(node, e: ExpansionBuilder) -> None:
     _require_float(node)
-    e.op("mul", "Mul", [e.inputs[0], e.const("scale", np.float32(node.attr["scale"].f))])
+    _times_constant(e, "mul", e.inputs[0], "scale", node.attr["scale"].f)
+
+
+def _times_constant(e: ExpansionBuilder, part: str, x: str, const_part: str, factor) -> str:
+    """x * factor, one float32 multiply that Grappler cannot merge with a neighbouring constant
+    factor: constant folding and the arithmetic optimizer rewrite (x * a) * b into x * (a * b)
+    (e.g. an AvgPool area and deq, or deq and a Mul by a constant after the AscendDequant),
+    which moves the last bit. MulNoNan stays out of such chains and equals Mul for non-zero
+    factors; a zero factor keeps Mul (MulNoNan would turn inf * 0 into 0)."""
+    factor = np.asarray(factor, np.float32)
+    op = "MulNoNan" if np.all(factor != 0) else "Mul"
+    return e.op(part, op, [x, e.const(const_part, factor)])
 
 
 def _require_float(node) -> None:
