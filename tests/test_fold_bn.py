@@ -195,3 +195,24 @@ def test_resnet50_folds_every_bn_within_1e5():
 
     _application_check(keras.applications.ResNet50(weights=None, classifier_activation=None),
                        batch=2, seed=6)
+
+
+def test_bn_after_residual_add_gets_its_true_reason_and_hard_swish_is_no_bn():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    x = keras.Input((8, 8, 4), name="image")
+    a = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(x)
+    b = keras.layers.Conv2D(4, 1, name="conv_b")(x)
+    s = keras.layers.Add(name="residual")([a, b])
+    s = keras.layers.BatchNormalization(name="bn_after_add")(s)
+    s = keras.layers.Activation("hard_swish", name="hswish")(s)
+    y = keras.layers.GlobalAveragePooling2D()(s)
+    keras_model = keras.Model(x, keras.layers.Dense(3, name="head")(y))
+    randomize_bn(keras_model, seed=1)
+    folded_model, folded, left = fold_batch_norm(load_model(keras_model))
+    assert folded == []
+    assert len(left) == 1, left
+    assert left[0]["layer"].startswith("bn_after_add") or "bn_after_add" in left[0]["layer"]
+    assert "residual" in left[0]["reason"] and "sum" in left[0]["reason"]
+    assert "non-Const" not in left[0]["reason"]

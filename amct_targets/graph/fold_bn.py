@@ -212,12 +212,22 @@ def _input_reason(index: GraphIndex, m: dict) -> str:
         return "input has no producer"
     if x.op in ("BiasAdd", "Add", "AddV2"):
         inner = [index.producer(x, i) for i in (0, 1)]
+        if not any(p is not None and p.op == "Const" for p in inner):
+            names = ", ".join(f"'{p.name}'" for p in inner if p is not None)
+            return (f"input is the residual {x.op} '{x.name}' of two tensors ({names}); a "
+                    "BatchNorm after a sum folds into no single conv")
         compute = next((p for p in inner if p is not None and p.op in COMPUTE_OPS), None)
         if compute is not None:
-            return f"{compute.op} '{compute.name}' has non-Const weights or bias"
+            return f"weights of {compute.op} '{compute.name}' are not a Const"
     if x.op in COMPUTE_OPS:
         return f"weights of {x.op} '{x.name}' are not a Const"
     return f"input is produced by {x.op} '{x.name}', {_NOT_COMPUTE}"
+
+
+def _scalar_operand(index: GraphIndex, m: dict) -> bool:
+    const = m.get("scale", m.get("shift"))
+    value = index.const_value(const) if const is not None else None
+    return value is not None and value.size == 1
 
 
 def _fold_round(graph_def: graph_pb2.GraphDef, model: Model, skip: frozenset = frozenset(),
@@ -249,6 +259,8 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model, skip: frozenset = f
                                      compute.layout.weight_rank)
                 reason = parts if isinstance(parts, str) else None
             if reason is not None:
+                if kind in ("Mul", "Add") and _scalar_operand(index, m):
+                    continue   # x * c or x + c alone (e.g. hard-swish's x + 3) is no BatchNorm
                 if layer not in reported:  # a refused Mul+Add is not reported again as a Mul
                     left[head.name] = {"layer": layer, "kind": _kind(kind, head),
                                        "status": "skipped", "reason": reason}
