@@ -154,7 +154,9 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
     findings = check_graph(session, model.graph_def, profile, model.inputs)
     extra = atc_flags(session, profile, plan, model)
     final = final_dir / profile.name
-    argv = atc_mod.atc_argv(profile, model, str(final / pb_name), str(final / stem), extra)
+    # Paths relative to the target folder: atc.sh changes into its own folder first, so the
+    # output folder can be copied to the Ascend host and run from anywhere.
+    argv = atc_mod.atc_argv(profile, model, pb_name, stem, extra)
     script = folder / SCRIPT_NAME
     script.write_text(atc_mod.atc_script(argv, profile), encoding="utf-8")
     script.chmod(0o755)

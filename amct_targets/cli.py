@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 user error (one message, no traceback); 2 usage error;
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import sys
 from pathlib import Path
@@ -169,7 +170,9 @@ def cmd_build(args) -> int:
         for finding in report["checks"]:
             print(f"  {finding['severity']}: {finding['code']} [{finding['node']}]: "
                   f"{finding['message']}")
-        print(f"  atc: {report['atc_command']}")
+        script = result.folder / report["artifacts"]["atc_script"]
+        print(f"  atc: sh {shlex.quote(str(script))}   # runs, in its folder: "
+              f"{report['atc_command']}")
     return 0
 
 

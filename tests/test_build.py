@@ -51,10 +51,9 @@ def test_build_all_targets_writes_independent_folders(tmp_path, demo_pb, demo_ca
 def test_atc_command_for_each_chip(tmp_path, demo_pb):
     out = tmp_path / "out"
     report = at.build(demo_pb, "ascend310p", output_dir=out)["ascend310p"]
-    folder = (out / "ascend310p").resolve()
     assert report["atc_argv"] == [
-        "atc", f"--model={folder / 'digits_cnn.pb'}", "--framework=3",
-        f"--output={folder / 'digits_cnn'}", "--soc_version=Ascend310P3",
+        "atc", "--model=digits_cnn.pb", "--framework=3",
+        "--output=digits_cnn", "--soc_version=Ascend310P3",
         "--input_shape=image:1,8,8,1", "--input_format=NHWC", "--out_nodes=Identity:0",
         "--precision_mode=force_fp16"]
     assert any("batch dimension set to 1" in note for note in report["notes"])
@@ -68,25 +67,35 @@ def test_input_shape_flag_sets_the_atc_input_shape(tmp_path, demo_pb):
 
 
 @pytest.mark.parametrize("dirname", ["with space", "quote'and\"double", "semi;colon",
-                                     "dollar$(touch PWNED)", "back`tick`"])
-def test_atc_script_keeps_hostile_paths_literal(tmp_path, demo_pb, dirname):
+                                     "dollar$(touch PWNED)", "back`tick`", "-dash"])
+def test_atc_script_keeps_hostile_paths_literal_and_the_folder_relocatable(tmp_path, demo_pb,
+                                                                        dirname):
     out = tmp_path / dirname
     at.build(demo_pb, "ascend310", output_dir=out)
     script = (out / "ascend310" / "atc.sh").read_text()
-    command_line = script.strip().splitlines()[-1]
-    argv = shlex.split(command_line)
-    assert argv[1] == f"--model={(out / 'ascend310' / 'digits_cnn.pb').resolve()}"
-    # Run the script with a fake `atc` that prints its arguments one per line.
+    assert str(tmp_path) not in script          # nothing absolute: the folder can move
+    argv = shlex.split(script.strip().splitlines()[-1])
+    assert argv[1] == "--model=digits_cnn.pb" and argv[3] == "--output=digits_cnn"
+    # Move the folder, then run the script from elsewhere with a fake `atc` that prints its
+    # working folder, whether the model is there, and its arguments one per line.
+    moved = tmp_path / "host" / dirname
+    moved.parent.mkdir()
+    (out / "ascend310").rename(moved)
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     fake = bindir / "atc"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.write_text('#!/bin/sh\npwd\n[ -f digits_cnn.pb ] && echo model-found\n'
+                    'for a in "$@"; do printf "%s\\n" "$a"; done\n')
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    run = subprocess.run(["sh", str(out / "ascend310" / "atc.sh")], capture_output=True,
+    run = subprocess.run(["sh", str(moved / "atc.sh")], capture_output=True,
                          text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == argv[1:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == str(moved.resolve()) and lines[1] == "model-found"
+    assert lines[2:] == argv[1:]
+    report = json.loads((moved / "report.json").read_text())
+    assert str(tmp_path) not in json.dumps(report["artifacts"]) + report["atc_command"]
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -113,7 +113,7 @@ def test_atc_script_comment_cannot_start_a_command(tmp_path):
     script = tmp_path / "atc.sh"
     script.write_text(atc_script(argv, profile), encoding="utf-8")
     lines = script.read_text(encoding="utf-8").split("\n")
-    assert lines[0] == "#!/bin/sh" and lines[2] == "set -e"
+    assert lines[0] == "#!/bin/sh" and lines[2] == "set -e" and lines[3] == 'cd "$(dirname "$0")"'
     assert lines[1].startswith("# Compile for Board?touch ")
     assert lines[1].endswith("with ATC from the CANN toolkit.")
     assert run_atc_script(script, tmp_path) == argv[1:]

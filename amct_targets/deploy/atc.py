@@ -102,7 +102,9 @@ def comment_text(text: str) -> str:
 
 
 def atc_script(argv: list[str], profile) -> str:
-    """The atc.sh text: a comment and one line of shell-quoted words, nothing else."""
+    """The atc.sh text: a comment, a `cd` into the script's own folder (the argv names files
+    relative to it, so the folder is relocatable) and one line of shell-quoted words."""
     comment = comment_text(f"Compile for {profile.display_name} (soc_version "
                            f"{profile.soc_version}) with ATC from the CANN toolkit.")
-    return f"#!/bin/sh\n# {comment}\nset -e\n{shell_command(argv)}\n"
+    return (f"#!/bin/sh\n# {comment}\nset -e\ncd \"$(dirname \"$0\")\"\n"
+            f"{shell_command(argv)}\n")
