@@ -6,6 +6,7 @@ benchmark list. Only names the README leaves to the reader (`model.pb`, `keras_m
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -160,7 +161,6 @@ def test_the_plugin_pass_example_is_a_working_plugin(tmp_path):
                              "--config", config, "--output", tmp_path / "out", "--json",
                              env={"PYTHONPATH": str(tmp_path)})
     assert run.returncode == 0, run.stderr
-    import json
 
     (report,) = json.loads(run.stdout)["targets"]
     mine = next(p for p in report["passes"] if p["name"] == "my_pass")
@@ -186,3 +186,41 @@ def test_layout_and_benchmark_lists_name_files_that_exist():
     for script in re.findall(r"python (benchmarks/\S+\.py)", bench):
         assert (REPO / script).is_file(), script
     del parent
+
+
+def test_the_activation_algorithm_example_is_a_working_plugin(tmp_path):
+    """The README's `minmax` act_algo, loaded with --plugin: the record's scale and offset are
+    exactly min/max of the first layer's calibration input (the image, whose data we know)."""
+    (example,) = blocks("python", "def minmax(stats, params)")
+    (tmp_path / "my_minmax.py").write_text(example, encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text("passes:\n  quantize:\n    act_algo: minmax\n    batch_num: 1\n",
+                      encoding="utf-8")
+    out = tmp_path / "out"
+    run = run_cli_subprocess("build", DEMO / "digits_cnn.pb", "--target", "ascend310",
+                             "--calib", DEMO / "digits_calib.npz", "--plugin", "my_minmax",
+                             "--config", config, "--output", out, "--json",
+                             env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    quant = json.loads((out / "ascend310" / "quant_config.json").read_text())
+    layers = [v for v in quant.values() if isinstance(v, dict) and "activation_quant_params"
+              in v]
+    assert layers and all(v["activation_quant_params"]["act_algo"] == "minmax" for v in layers)
+    record = (out / "ascend310" / "record.txt").read_text()
+    images = np.load(DEMO / "digits_calib.npz")["image"]
+    (report,) = json.loads(run.stdout)["targets"]
+    first = next(p for p in report["passes"] if p["name"] == "quantize")["layers"][0]["layer"]
+    block = record[record.index(f'key: "{first}"'):]
+    scale = float(re.search(r"scale_d: ([0-9.e+-]+)", block).group(1))
+    offset = int(re.search(r"offset_d: (-?\d+)", block).group(1))
+    batch = images[:len(images) // 1]
+    low, high = min(float(batch.min()), 0.0), max(float(batch.max()), 0.0)
+    assert scale == pytest.approx((high - low) / 255, rel=1e-6)
+    assert offset == int(round(-128 - low / scale))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("passes:\n  quantize:\n    act_algo: minmaxx\n", encoding="utf-8")
+    wrong = run_cli_subprocess("build", DEMO / "digits_cnn.pb", "--target", "ascend310",
+                               "--calib", DEMO / "digits_calib.npz", "--plugin", "my_minmax",
+                               "--config", bad, "--output", tmp_path / "o2",
+                               env={"PYTHONPATH": str(tmp_path)})
+    assert wrong.returncode == 1 and "minmax" in wrong.stderr
