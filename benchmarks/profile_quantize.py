@@ -25,9 +25,9 @@ sys.path.insert(0, str(HERE))
 
 def ablation(pb: Path, npz: Path, batch: int) -> list[str]:
     """Seconds of the calibration function's parts: the same 4 batches through the folded
-    graph fetching (a) the outputs only, (b) + min/max of every calibrated tensor, (c) + the
-    histograms, (d) + the k extremes (the full summary), each after one warm-up batch; and
-    the seconds to import the graph and build (prune) the function."""
+    graph fetching the outputs plus a growing part of every calibrated tensor's summary
+    (k = 103 as for 4 x 32 at 224), each after one warm-up call (grappler and the first
+    run, reported apart), and the seconds to import the graph and prune the function."""
     import numpy as np
     import tensorflow as tf
 
@@ -49,23 +49,33 @@ def ablation(pb: Path, npz: Path, batch: int) -> list[str]:
     data = batches(dict(np.load(npz)), 4, batch, "calibration data")
     feeds = [d["input"] for d in data]
     lines = [f"calibrated tensors: {len(requests)}"]
-    parts = {"outputs only": lambda x: [],
-             "+ min/max": lambda x: [tf.reduce_min(x), tf.reduce_max(x)],
-             "+ histogram": lambda x: [tf.reduce_min(x), tf.reduce_max(x),
-                                       st.batch_summary_tensors(x, 1, 8192)["hist"]]}
-    for label, make in parts.items():
+
+    def summary(x, keys):
+        per_sample = int(np.prod(x.shape.as_list()[1:]))
+        full = st.batch_summary_tensors(x, 103, 8192, size_hint=per_sample * batch)
+        return [full[key] for key in keys]
+
+    parts = {"outputs only": (),
+             "+ min/max": ("min", "max"),
+             "+ histogram": ("min", "max", "hist"),
+             "+ top (k largest)": ("min", "max", "hist", "top"),
+             "full summary": ("count", "finite", "min", "max", "top", "bottom", "hist")}
+    for label, keys in parts.items():
         started = time.perf_counter()
         runner = GraphRunner(model.graph_def, model.input_names, model.outputs,
-                             ops=plugins.ops, extend=lambda g, m=make: {
-                                 n: m(g.get_tensor_by_name(n)) for n in requests})
+                             ops=plugins.ops, extend=lambda g, k=keys: {
+                                 n: summary(g.get_tensor_by_name(n), k) for n in requests})
         fn = runner.function([runner.tensor(t) for t in model.outputs]
                              + [t for n in sorted(requests) for t in runner.extra[n]])
         built = time.perf_counter() - started
+        started = time.perf_counter()
         fn(feeds[0])
+        first = time.perf_counter() - started
         started = time.perf_counter()
         for f in feeds:
             fn(f)
-        lines.append(f"{label:<28} build {built:6.2f} s   4 batches {time.perf_counter() - started:6.2f} s")
+        lines.append(f"{label:<20} build {built:5.2f} s  first call {first:5.2f} s  "
+                     f"4 batches {time.perf_counter() - started:6.2f} s")
     started = time.perf_counter()
     calibrate(model, requests, data, ops=plugins.ops)
     lines.append(f"{'full calibrate()':<28} (build + 4 batches, no warm-up) "
