@@ -164,15 +164,22 @@ def atc_flags(session, profile, plan, model) -> list[str]:
     return flags
 
 
+def _static_pb(model: Model):
+    """The model as emitted: static batch for ATC, its notes, its .pb bytes and their sha256."""
+    model, notes = atc_mod.static_batch(model)
+    data = model.serialize()
+    return model, notes, data, hashlib.sha256(data).hexdigest()
+
+
 def emit_target(session, source_model: Model, profile, plan: Plan, config, data, staging: Path,
                 final_dir: Path, sha: str, memo: PassMemo | None = None) -> TargetBuild:
     folder = staging / profile.name
     folder.mkdir()
     model, entries = run_plan(session, source_model, profile, plan, config, data, folder, memo)
-    model, notes = atc_mod.static_batch(model)
+    model, notes, pb_bytes, pb_sha = (memo or PassMemo()).finish(model, _static_pb)
     stem = _safe_stem(source_model.name)
     pb_name = f"{stem}.pb"
-    (folder / pb_name).write_bytes(model.serialize())
+    (folder / pb_name).write_bytes(pb_bytes)
     findings = check_graph(session, model.graph_def, profile, model.inputs)
     extra = atc_flags(session, profile, plan, model)
     final = final_dir / profile.name
@@ -186,7 +193,7 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
         "soc_version": profile.soc_version,
         "input": source_model.source,
         "input_sha256": sha,
-        "pb_sha256": hashlib.sha256((folder / pb_name).read_bytes()).hexdigest(),
+        "pb_sha256": pb_sha,
         "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape or [])}
                    for s in model.inputs],
         "outputs": list(model.outputs),

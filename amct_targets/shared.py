@@ -51,6 +51,7 @@ class PassMemo:
 
     def __init__(self, build_config: Any = None):
         self._results: dict[str, SharedResult] = {}
+        self._finished: dict[int, tuple[Model, tuple]] = {}
         self._digests: dict[int, tuple[Model, str]] = {}
         self._config = json.dumps(build_config or {}, sort_keys=True, default=repr)
 
@@ -95,6 +96,14 @@ class PassMemo:
             target, model, copy.deepcopy(report.layers), list(report.notes),
             copy.deepcopy(report.metrics), dict(report.artifacts),
             {p: (folder / p).read_bytes() for p in written})
+
+    def finish(self, model: Model, make) -> tuple:
+        """make(model), remembered per Model object: targets whose passes ended on the same
+        (shared) model emit the same .pb without serializing it again."""
+        known = self._finished.get(id(model))
+        if known is None or known[0] is not model:
+            known = self._finished[id(model)] = (model, tuple(make(model)))
+        return known[1]
 
     @staticmethod
     def replay(result: SharedResult, report, folder: Path | None) -> Model:
