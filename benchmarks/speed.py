@@ -321,9 +321,12 @@ def markdown(results: dict) -> str:
     rule = "|---|---|" + "---:|" * len(labels)
     lines = ["# Speed: shared work across targets, PTQ near the floor, instant CLI, retraining",
              "", results.get("environment", ""), "",
-             "Every number is a whole process (wall time measured by the parent, peak RSS from "
-             "os.wait4) except the pass seconds (report.json) and the in-process fp32 forward "
-             "and Keras fit times. Reproduce: `python benchmarks/speed.py --label after`.", "",
+             "Every number is a whole process (wall time measured by the parent, peak RSS by GNU "
+             "time's %M) except the pass seconds (report.json) and the in-process fp32 forward "
+             "and Keras fit times. Each column is one run; the same reference measured in two "
+             "runs (e.g. the Keras fit) shows the run-to-run noise of this shared 2-core "
+             "machine. Reproduce: `python benchmarks/speed.py --label after` (and `--label "
+             "before --code DIR` with an export of main).", "",
              "## Ratios", "", head, rule]
     for label, goal, suite, path in RATIOS:
         cells = [_get(results["columns"][c], suite, path) for c in labels]
