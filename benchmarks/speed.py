@@ -9,7 +9,7 @@ benchmarks/results/speed.json (columns merge) and speed.md.
 Models: Keras Applications ResNet50 (weights=None) with BatchNorm statistics set by a few
 training-mode forward passes over crops of sklearn's sample photos, frozen to .pb once
 (benchmarks/.cache). Every measurement is its own process; its wall time is measured from
-here and its peak RSS read from os.wait4.
+here and its peak RSS read by GNU time (%M).
 
 - all: `--target all` over a one-target build (ResNet50 160x160, 4 calibration batches of 16).
 - ptq: the one-target build over a plain TF process that loads the .pb and runs the same 4
