@@ -23,10 +23,11 @@ from amct_targets.errors import AmctError, ConfigError, ModelError, PluginError,
 from amct_targets.graph.load import load_model
 from amct_targets.graph.model import Model
 from amct_targets.passes.base import PassContext
-from amct_targets.planner import Plan, make_plan, pass_options
+from amct_targets.planner import Plan, guarded, make_plan, pass_options
 from amct_targets.report.html import write_index, write_target_report
 from amct_targets.retrain.train import TrainingData
 from amct_targets.safe_io import require_file_or_folder
+from amct_targets.shared import PassMemo
 
 REPORT_NAME, SCRIPT_NAME, HTML_NAME, INDEX_NAME = ("report.json", "atc.sh", "report.html",
                                                    "index.html")
@@ -58,8 +59,11 @@ def _safe_stem(name: str) -> str:
     return stem
 
 
-def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: Path):
-    """Run the RUN steps of `plan`; returns (model, pass entries for the report)."""
+def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: Path,
+             memo: PassMemo | None = None):
+    """Run the RUN steps of `plan`; returns (model, pass entries for the report). With a
+    `memo` (one per build), a pass another target already ran on the same input is replayed
+    (shared.py)."""
     entries = []
     for step in plan.steps:
         entry = {"name": step.name, "plugin": step.plugin, "status": "skipped",
@@ -74,9 +78,21 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                               progress=lambda msg, n=step.name: session.progress(
                                   f"{profile.name}: {n}: {msg}"),
                               ops=session.plugins.ops, quantizers=session.plugins.quantizers)
-            session.progress(f"{profile.name}: running {step.name}")
             started = time.perf_counter()
-            model = _apply_pass(session, registered, model, ctx, profile, folder)
+            key = memo.key(registered, model, ctx, _shared_scope(registered, model, ctx)) \
+                if memo is not None else None
+            shared = memo.get(key) if memo is not None else None
+            if shared is not None:
+                session.progress(f"{profile.name}: {step.name}: same input as for "
+                                 f"{shared.target}, result reused")
+                model = memo.replay(shared, ctx.report, folder)
+                entry["shared_from"] = shared.target
+            else:
+                session.progress(f"{profile.name}: running {step.name}")
+                before = memo.listing(folder) if key is not None else {}
+                model = _apply_pass(session, registered, model, ctx, profile, folder)
+                if key is not None:
+                    memo.put(key, profile.name, model, ctx.report, folder, before)
             entry.update(status="ran", layers=ctx.report.layers,
                          seconds=round(time.perf_counter() - started, 3))
             if ctx.report.metrics:
@@ -87,6 +103,12 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                 entry["artifacts"] = dict(ctx.report.artifacts)
         entries.append(entry)
     return model, entries
+
+
+def _shared_scope(registered, model: Model, ctx: PassContext):
+    """The pass's `shared_key(model, ctx)` (None when it has none: it runs per target)."""
+    method = getattr(registered.impl, "shared_key", None)
+    return None if method is None else guarded(registered, "shared_key", method, model, ctx)
 
 
 def _apply_pass(session, registered, model: Model, ctx: PassContext, profile,
@@ -142,15 +164,22 @@ def atc_flags(session, profile, plan, model) -> list[str]:
     return flags
 
 
+def _static_pb(model: Model):
+    """The model as emitted: static batch for ATC, its notes, its .pb bytes and their sha256."""
+    model, notes = atc_mod.static_batch(model)
+    data = model.serialize()
+    return model, notes, data, hashlib.sha256(data).hexdigest()
+
+
 def emit_target(session, source_model: Model, profile, plan: Plan, config, data, staging: Path,
-                final_dir: Path, sha: str) -> TargetBuild:
+                final_dir: Path, sha: str, memo: PassMemo | None = None) -> TargetBuild:
     folder = staging / profile.name
     folder.mkdir()
-    model, entries = run_plan(session, source_model, profile, plan, config, data, folder)
-    model, notes = atc_mod.static_batch(model)
+    model, entries = run_plan(session, source_model, profile, plan, config, data, folder, memo)
+    model, notes, pb_bytes, pb_sha = (memo or PassMemo()).finish(model, _static_pb)
     stem = _safe_stem(source_model.name)
     pb_name = f"{stem}.pb"
-    (folder / pb_name).write_bytes(model.serialize())
+    (folder / pb_name).write_bytes(pb_bytes)
     findings = check_graph(session, model.graph_def, profile, model.inputs)
     extra = atc_flags(session, profile, plan, model)
     final = final_dir / profile.name
@@ -166,7 +195,7 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
         "soc_version": profile.soc_version,
         "input": source_model.source,
         "input_sha256": sha,
-        "pb_sha256": hashlib.sha256((folder / pb_name).read_bytes()).hexdigest(),
+        "pb_sha256": pb_sha,
         "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape or [])}
                    for s in model.inputs],
         "outputs": list(model.outputs),
@@ -242,10 +271,11 @@ def build(session, model_source, targets: Iterable[str], *, calib=None, train=No
                                      f"({exc.strerror}); choose another with --output") from None
         try:
             results = []
+            memo = PassMemo(config) if len(profiles) > 1 else None
             for index, profile in enumerate(profiles, 1):
                 session.progress(f"[{index}/{len(profiles)}] building for {profile.name}")
                 results.append(emit_target(session, model, profile, plans[profile.name],
-                                           config, data, staging, out.resolve(), sha))
+                                           config, data, staging, out.resolve(), sha, memo))
             write_index([r.report for r in results], staging)
             output.replace_targets(staging, out, [r.target for r in results] + [INDEX_NAME])
         except OSError as exc:

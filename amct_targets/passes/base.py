@@ -37,6 +37,13 @@ class CompressionPass:
         """Names of the layers this pass would change; used to find conflicting requests."""
         return []
 
+    def shared_key(self, model: Model, ctx: "PassContext") -> Any:
+        """What of the target profile `apply` reads, as a JSON-able value, when its result
+        depends on nothing else but the model, its options, the build's data and config:
+        targets of one build with equal values then share one run (shared.py). None (the
+        default): the pass runs for every target."""
+        return None
+
     def apply(self, model: Model, ctx: "PassContext") -> Model:
         raise PluginError(f"pass '{self.name}' does not implement apply()")
 

@@ -67,6 +67,9 @@ class Decompose(CompressionPass):
         plans, _ = plan_model(model, count_layers(model), settings)
         return [plan.name for plan in plans]
 
+    def shared_key(self, model, ctx: PassContext):
+        return {}   # reads nothing of the target profile
+
     def apply(self, model, ctx: PassContext):
         from amct_targets.decomposition.apply import decompose
 

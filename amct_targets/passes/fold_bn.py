@@ -29,6 +29,9 @@ class FoldBatchNorm(CompressionPass):
         _, folded, _ = fold_batch_norm(model, frozenset(config.get("skip_layers", ())))
         return [record["into"] for record in folded]
 
+    def shared_key(self, model, ctx: PassContext):
+        return {}   # reads nothing of the target profile
+
     def apply(self, model, ctx: PassContext):
         from amct_targets.graph.fold_bn import fold_batch_norm
 

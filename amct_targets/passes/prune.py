@@ -29,6 +29,9 @@ class PruneChannels(CompressionPass):
 
         return sorted(plan_pruning(model, config, None)[0])
 
+    def shared_key(self, model, ctx: PassContext):
+        return {"channel_pruning": dict(ctx.profile.capability("channel_pruning").params)}
+
     def apply(self, model, ctx: PassContext):
         from amct_targets.pruning.filter_prune import prune
 

@@ -35,6 +35,11 @@ class Quantize(CompressionPass):
 
         return claimed_layers(model, config)
 
+    def shared_key(self, model, ctx: PassContext):
+        from amct_targets.quant.layers import int8_profile_scope
+
+        return int8_profile_scope(model, ctx.profile, ctx.layouts)
+
     def apply(self, model, ctx: PassContext):
         from amct_targets.quant.ptq import post_training_quantize
 

@@ -28,6 +28,9 @@ class Sparsify4of2(CompressionPass):
 
         return [layer.name for layer in eligible_layers(model, config)[0]]
 
+    def shared_key(self, model, ctx: PassContext):
+        return {}   # reads nothing of the target profile
+
     def apply(self, model, ctx: PassContext):
         from amct_targets.pruning.sparse_4of2 import sparsify
 

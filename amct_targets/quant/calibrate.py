@@ -16,7 +16,7 @@ from amct_targets.calibration.stats import ActivationStats, batch_summary_tensor
     k_for_percentile
 from amct_targets.errors import ConfigError
 from amct_targets.graph.model import Model
-from amct_targets.graph.run import GraphRunner
+from amct_targets.graph.run import compile_graph
 from amct_targets.quant.algorithms import StatsRequest
 
 SUMMARY_KEYS = ("count", "finite", "min", "max", "top", "bottom", "hist")
@@ -56,9 +56,9 @@ def _elements_per_sample(tensor) -> int | None:
 
 def calibrate(model: Model, requests: Mapping[str, StatsRequest],
               data: Sequence[Mapping[str, np.ndarray]], *, ops,
-              extra_fetches: Sequence[str] = (),
               progress: Callable[[str], None] = lambda m: None):
-    """Run every batch once; return ({tensor: ActivationStats}, first batch's extra fetches).
+    """Run every batch once; return ({tensor: ActivationStats}, {}) (the second item is kept
+    for callers of the former first-batch extra fetches).
 
     An earlier pass may have left custom ops (AscendQuant, FastSoftmax, ...): the graph runs
     with them expanded through the op registry `ops`."""
@@ -67,10 +67,10 @@ def calibrate(model: Model, requests: Mapping[str, StatsRequest],
     tensors = sorted(requests)
     ks, bins = {}, {}
 
-    def extend(graph):
-        outputs = {}
+    def extend(_graph, tensor):
+        outputs = []
         for name in tensors:
-            x = graph.get_tensor_by_name(name)
+            x = tensor(name)
             per_sample = _elements_per_sample(x)
             request = requests[name]
             ks[name] = (k_for_percentile(per_sample * batch_samples * total_batches,
@@ -78,21 +78,16 @@ def calibrate(model: Model, requests: Mapping[str, StatsRequest],
             bins[name] = max(1, request.bins)
             size = per_sample * batch_samples if per_sample else None
             summary = batch_summary_tensors(x, ks[name], bins[name], size_hint=size)
-            outputs[name] = [summary[key] for key in SUMMARY_KEYS]
+            outputs += [summary[key] for key in SUMMARY_KEYS]
         return outputs
 
-    runner = GraphRunner(model.graph_def, model.input_names, (), ops=ops, extend=extend,
-                         where=model.source)
-    flat = [t for name in tensors for t in runner.extra[name]]
-    extra = [runner.tensor(t) for t in extra_fetches]
-    run_first = runner.function(flat + extra)
-    run_rest = runner.function(flat) if extra else run_first
+    # One function for every batch, its fetches known when the graph is imported (no prune).
+    run = compile_graph(model.graph_def, model.input_names, extend, ops=ops, where=model.source)
     stats = {name: ActivationStats(bins=bins[name], k=ks[name]) for name in tensors}
-    first_extra: list[np.ndarray] = []
     width = len(SUMMARY_KEYS)
     for index, batch in enumerate(data):
         progress(f"calibration batch {index + 1}/{total_batches}")
-        results = (run_first if index == 0 else run_rest)(*[batch[n] for n in model.input_names])
+        results = run(*[batch[n] for n in model.input_names])
         for position, name in enumerate(tensors):
             chunk = dict(zip(SUMMARY_KEYS, results[position * width:(position + 1) * width]))
             if not bool(chunk["finite"]):
@@ -101,7 +96,5 @@ def calibrate(model: Model, requests: Mapping[str, StatsRequest],
                                   f"up to {_largest_input(batch):.3g} in the inputs?); scale "
                                   "the calibration data like the training data")
             stats[name].update(chunk)
-        if index == 0 and extra:
-            first_extra = results[len(flat):]
         del results
-    return stats, dict(zip(extra_fetches, first_extra))
+    return stats, {}

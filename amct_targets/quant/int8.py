@@ -14,7 +14,6 @@ from amct_targets.errors import describe
 from amct_targets.graph.layout import bias_of
 from amct_targets.graph.model import Model, tensor_name
 from amct_targets.graph.pattern import GraphIndex
-from amct_targets.graph.run import GraphRunner
 from amct_targets.quant.algorithms import StatsRequest
 from amct_targets.quant.calibrate import merge_requests
 from amct_targets.quant.config import QuantSettings, amct_config_json, record_text
@@ -101,18 +100,44 @@ def similarity(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]
 def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, np.ndarray],
                    ops) -> dict[str, tuple[float, float]]:
     """Each layer's output in the simulated INT8 model against float, both run on the same
-    `sample` inputs (whole tensors compared, whatever their rank)."""
+    `sample` inputs (whole tensors compared, whatever their rank).
+
+    One function holds both graphs (the simulated one imported under `sim/`, fed by the float
+    graph's inputs) and reduces each pair of layer outputs to four float64 sums in the graph,
+    so neither model's activations ever reach numpy and the graph is imported once."""
+    import tensorflow as tf
+
+    from amct_targets.graph.run import compile_graph, expand_custom_ops
+
     index = GraphIndex(model.graph_def)
     float_names = [layer_output(index, q.layer) for q in quants]
-    float_run = GraphRunner(model.graph_def, model.input_names, sorted(set(float_names)),
-                            ops=ops, where=model.source)
-    reference = float_run.run_dict(sample)
     sim_names = [f"{q.layer.name}/ascend_dequant:0" for q in quants]
-    sim_run = GraphRunner(deployed.graph_def, deployed.input_names, sim_names, ops=ops,
-                          where=model.source)
-    simulated = sim_run.run_dict(sample)
-    return {q.layer.name: similarity(reference[f], simulated[s])
-            for q, f, s in zip(quants, float_names, sim_names)}
+    sim_graph = expand_custom_ops(deployed.graph_def, ops, model.source)
+
+    def extend(graph, tensor):
+        tf.compat.v1.import_graph_def(sim_graph, name="sim", input_map={
+            tensor_name(n): tensor(n) for n in deployed.input_names})
+        sums = []
+        for f, s in zip(float_names, sim_names):
+            ref = tf.reshape(tf.cast(tensor(f), tf.float64), [-1])
+            act = tf.reshape(tf.cast(graph.get_tensor_by_name(f"sim/{s}"), tf.float64), [-1])
+            sums += [tf.reduce_sum(ref * act), tf.reduce_sum(ref * ref),
+                     tf.reduce_sum(act * act),
+                     tf.reduce_sum(tf.math.squared_difference(ref, act))]
+        return sums
+
+    run = compile_graph(model.graph_def, model.input_names, extend, ops=ops,
+                        where=model.source)
+    names = [q.layer.name for q in quants]
+    values = run(*[sample[n] for n in model.input_names])
+    result = {}
+    for position, name in enumerate(names):
+        dot, ref2, act2, noise = (float(v) for v in values[4 * position:4 * position + 4])
+        denom = np.sqrt(ref2) * np.sqrt(act2)
+        cosine = dot / denom if denom > 0 else 1.0
+        sqnr = float("inf") if noise == 0 else 10.0 * np.log10(max(ref2, 1e-30) / noise)
+        result[name] = (float(cosine), float(sqnr))
+    return result
 
 
 def _histogram(stats, clip_min: float, clip_max: float) -> dict:

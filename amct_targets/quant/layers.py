@@ -85,6 +85,14 @@ def _violations(node, rule_attrs: dict) -> str | None:
     return None
 
 
+def int8_profile_scope(model: Model, profile, layouts: Mapping = LAYOUTS) -> dict:
+    """What of `profile` the INT8 layer choice reads: its quantizable_ops rules, and its
+    name when a skip reason will name it (a layer op the target does not list)."""
+    rules = profile.data.get("quantizable_ops", {})
+    named = any(n.op in layouts and n.op not in rules for n in model.graph_def.node)
+    return {"quantizable_ops": rules, "name": profile.name if named else None}
+
+
 def find_layers(model: Model, profile, *, layouts: Mapping = LAYOUTS, skip_layers=(),
                 skip_layer_types=(), min_input_channels: int = 0
                 ) -> tuple[list[QuantLayer], list[Skipped]]:

@@ -98,13 +98,29 @@ def sort_key(value: Any) -> str:
     return "" if value is None or math.isnan(value) else repr(value)
 
 
+_CHARTS: dict[str, Any] = {}   # repr of a chart's inputs -> its SVG (bounded, see _chart)
+CHART_CACHE_SIZE = 64
+
+
+def _chart(draw, *args):
+    """draw(*args), remembered by the repr of its (dataclass) inputs: the targets of a
+    `--target all` build that share a pass show the same charts, drawn once (matplotlib
+    takes about half a second a chart)."""
+    key = f"{draw.__name__}:{args!r}"
+    if key not in _CHARTS:
+        if len(_CHARTS) >= CHART_CACHE_SIZE:
+            _CHARTS.pop(next(iter(_CHARTS)))
+        _CHARTS[key] = draw(*args)
+    return _CHARTS[key]
+
+
 def target_charts(view: TargetView) -> dict:
-    return {"fidelity": charts.layer_fidelity(view.quant_layers),
-            "weights": charts.weight_scales(view.quant_layers),
-            "histograms": [(layer, charts.activation_histogram(layer))
+    return {"fidelity": _chart(charts.layer_fidelity, view.quant_layers),
+            "weights": _chart(charts.weight_scales, view.quant_layers),
+            "histograms": [(layer, _chart(charts.activation_histogram, layer))
                            for layer in view.histogram_layers],
-            "curves": [(curve, charts.training_curve(curve)) for curve in view.curves],
-            "search": (charts.auto_calibration_search(view.auto_calibration)
+            "curves": [(curve, _chart(charts.training_curve, curve)) for curve in view.curves],
+            "search": (_chart(charts.auto_calibration_search, view.auto_calibration)
                        if view.auto_calibration else None)}
 
 
