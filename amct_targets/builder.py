@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from amct_targets import output
+from amct_targets.accuracy.control import run_governed
+from amct_targets.accuracy.evaluate import evaluate_build
+from amct_targets.accuracy.inputs import add_accuracy_inputs
 from amct_targets.config import load_build_config
 from amct_targets.data import as_input_arrays, load_training
 from amct_targets.deploy import atc as atc_mod
@@ -146,7 +149,8 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                 final_dir: Path, sha: str) -> TargetBuild:
     folder = staging / profile.name
     folder.mkdir()
-    model, entries = run_plan(session, source_model, profile, plan, config, data, folder)
+    model, entries, auto, evaluation = run_governed(run_plan, session, source_model, profile,
+                                                    plan, config, data, folder)
     model, notes = atc_mod.static_batch(model)
     stem = _safe_stem(source_model.name)
     pb_name = f"{stem}.pb"
@@ -180,6 +184,18 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                     "check_errors": sum(f.severity == "error" for f in findings),
                     "check_warnings": sum(f.severity == "warning" for f in findings)},
     }
+    if "evaluation" in data:
+        started = time.perf_counter()
+        if evaluation is None:
+            session.progress(f"{profile.name}: evaluating on {data['evaluation'].samples} "
+                             "samples")
+            evaluation = evaluate_build(source_model, model, data["evaluation"],
+                                        session.plugins.ops)
+        report["evaluation"] = {**evaluation,
+                                "seconds": round(time.perf_counter() - started, 3)}
+    if auto is not None:
+        report["auto_calibration"] = auto
+        report["artifacts"].update(auto.get("artifacts", {}))
     session.plugins.call("build_finished", report=report, target_dir=folder)
     report["artifacts"]["report_html"] = HTML_NAME
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -188,7 +204,7 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
 
 
 def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs,
-                   loss=None, optimizer=None, strategy=None):
+                   loss=None, optimizer=None, strategy=None, evaluation=None, evaluator=None):
     config, where = load_build_config(config)
     if isinstance(model_source, (str, os.PathLike)):
         require_file_or_folder(model_source, "model: a frozen .pb, SavedModel folder or "
@@ -203,13 +219,14 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
     if train is not None:
         data["training"] = TrainingData(load_training(train, model, str(train) if isinstance(
             train, (str, os.PathLike)) else "training data"), loss, optimizer, strategy)
+    add_accuracy_inputs(session, model, config, where, data, evaluation, evaluator, calib)
     return model, config, where, data
 
 
 def build(session, model_source, targets: Iterable[str], *, calib=None, train=None,
           config: str | Mapping | None = None, output_dir="amct_out",
           input_shapes: Mapping | None = None, outputs=None, loss=None, optimizer=None,
-          strategy=None) -> list[TargetBuild]:
+          strategy=None, evaluation=None, evaluator=None) -> list[TargetBuild]:
     profiles = session.profiles.select(list(targets))
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
