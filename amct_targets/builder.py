@@ -232,12 +232,13 @@ def build(session, model_source, targets: Iterable[str], *, calib=None, train=No
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
     out = Path(output_dir)
     output.refuse_overlap({"model": model_source, "calibration data": calib,
-                           "training data": train, "build config": config}, out,
-                          [p.name for p in profiles])
+                           "training data": train, "build config": config,
+                           "evaluation data": evaluation}, out, [p.name for p in profiles])
     model, config, where, data = prepare_inputs(session, model_source, calib=calib, train=train,
                                                 config=config, input_shapes=input_shapes,
                                                 outputs=outputs, loss=loss,
-                                                optimizer=optimizer, strategy=strategy)
+                                                optimizer=optimizer, strategy=strategy,
+                                                evaluation=evaluation, evaluator=evaluator)
     given = {kind: kind in data for kind in ("calibration", "training")}
     plans = {p.name: make_plan(model, p, session.plugins, config, data=given, config_source=where)
              for p in profiles}

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from amct_targets.errors import ConfigError
 
 METRICS = ("top1", "top1_agreement", "cosine", "sqnr_db")
+CURES = ("cross_layer_equalization", "bias_correction")
 PERCENT = ("top1", "top1_agreement")
 TOLERANCE = 1e-9
 
@@ -26,6 +27,7 @@ class Budget:
     metric: str
     max_drop: float | None = None   # points of top-1
     min: float | None = None
+    cures: tuple[str, ...] = CURES  # tried in this order before layers fall back to float
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, where: str) -> "Budget | None":
@@ -34,13 +36,14 @@ class Budget:
             return None
         metric = section.get("metric")
         label = f"{where}: accuracy"
+        cures = tuple(c for c in CURES if c in section.get("cures", CURES))
         if metric not in METRICS:
             raise ConfigError(f"{label}.metric: {metric!r} is not one of {list(METRICS)}")
         if metric == "top1":
             if "max_drop" not in section or "min" in section:
                 raise ConfigError(f"{label}: metric top1 takes max_drop (allowed loss in points, "
                                   "e.g. {metric: top1, max_drop: 0.5}), not min")
-            return cls(metric, max_drop=float(section["max_drop"]))
+            return cls(metric, max_drop=float(section["max_drop"]), cures=cures)
         if "min" not in section or "max_drop" in section:
             raise ConfigError(f"{label}: metric {metric} takes min (e.g. {{metric: {metric}, "
                               f"min: {_example(metric)}}}), not max_drop")
@@ -49,7 +52,7 @@ class Budget:
             raise ConfigError(f"{label}.min: top1_agreement is in percent, 0..100; got {value}")
         if metric == "cosine" and not -1 <= value <= 1:
             raise ConfigError(f"{label}.min: a cosine lies in [-1, 1]; got {value}")
-        return cls(metric, min=value)
+        return cls(metric, min=value, cures=cures)
 
     @property
     def needs_labels(self) -> bool:
@@ -58,7 +61,7 @@ class Budget:
     def to_json(self) -> dict:
         key = "max_drop" if self.max_drop is not None else "min"
         return {"metric": self.metric, key: self.max_drop if self.max_drop is not None
-                else self.min}
+                else self.min, "cures": list(self.cures)}
 
     def describe(self) -> str:
         if self.max_drop is not None:

@@ -99,7 +99,7 @@ def run_governed(run_plan: Callable, session, model, profile, plan, config, data
                 session.progress(f"{profile.name}: {scorer.text()} missed "
                                  f"(loss {current.loss:.4g}); trying cures")
                 current, base = _cures(session, profile, base, current, config, data, attempt,
-                                       section)
+                                       section, scorer)
             if not current.ok:
                 current = _search(session, profile, base, current, first_attempt, config,
                                   data, attempt, section, folder)
@@ -120,37 +120,35 @@ def _adopt(scratch: Path, folder: Path) -> None:
         os.replace(scratch / name, folder / name)
 
 
-def _cures(session, profile, base, current: Attempt, config, data, attempt, section):
+def _cures(session, profile, base, current: Attempt, config, data, attempt, section,
+           scorer):
+    """Cross-layer equalization, then bias correction (those the budget lists); each kept
+    when it lowers the loss. Returns (best attempt, the float model it starts from)."""
     ops = session.plugins.ops
-    equalized, pairs = equalize(base, ops.layouts)
-    cure = {"name": "cross_layer_equalization",
-            "layers": sorted({n for p in pairs for n in p["layers"]}), "pairs": pairs}
-    if pairs:
-        tried = attempt(equalized, config)
-        cure.update(metric_after=tried.value, loss_after=tried.loss, met=tried.ok,
-                    kept=tried.loss < current.loss)
-        if cure["kept"]:
-            current, base = tried, equalized
-    else:
-        cure.update(kept=False, note="no layer -> ReLU -> layer pair with Const weights")
-    section["cures"].append(cure)
-    if current.ok:
-        return current, base
-    calibration = data.get("calibration")
-    sample = {k: v[:SAMPLES] for k, v in (calibration or {}).items()}
-    corrected, layers = (correct_biases(base, current.model, sample, ops)
-                         if sample else (base, []))
-    cure = {"name": "bias_correction", "layers": [e["layer"] for e in layers],
-            "shifts": layers}
-    if layers:
-        tried = attempt(corrected, config)
-        cure.update(metric_after=tried.value, loss_after=tried.loss, met=tried.ok,
-                    kept=tried.loss < current.loss)
-        if cure["kept"]:
-            current, base = tried, corrected
-    else:
-        cure.update(kept=False, note="no quantized layer with a Const bias")
-    section["cures"].append(cure)
+    for name in scorer.cures:
+        if current.ok:
+            break
+        if name == "cross_layer_equalization":
+            cured, changes = equalize(base, ops.layouts)
+            layers = sorted({n for p in changes for n in p["layers"]})
+            cure = {"name": name, "layers": layers, "pairs": changes}
+            empty = "no layer -> ReLU [-> MaxPool] -> layer pair with Const weights"
+        else:
+            calibration = data.get("calibration") or {}
+            sample = {k: v[:SAMPLES] for k, v in calibration.items()}
+            cured, changes = (correct_biases(base, current.model, sample, ops)
+                              if sample else (base, []))
+            cure = {"name": name, "layers": [e["layer"] for e in changes], "shifts": changes}
+            empty = "no quantized layer with a Const bias"
+        if changes:
+            tried = attempt(cured, config)
+            cure.update(metric_after=tried.value, loss_after=tried.loss, met=tried.ok,
+                        kept=tried.loss < current.loss)
+            if cure["kept"]:
+                current, base = tried, cured
+        else:
+            cure.update(kept=False, note=empty)
+        section["cures"].append(cure)
     return current, base
 
 

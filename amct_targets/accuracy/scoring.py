@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from amct_targets.accuracy.budget import Budget
+from amct_targets.accuracy.budget import CURES, Budget
 from amct_targets.accuracy.evaluate import EvalData, compare, model_outputs, run_graph
 from amct_targets.errors import describe
 from amct_targets.graph.model import Model, tensor_name
@@ -36,6 +36,10 @@ class Scorer:
         self.float_model, self.ops = float_model, ops
         self.budget, self.data, self.evaluator = budget, data, evaluator
         self._original = None
+
+    @property
+    def cures(self) -> tuple[str, ...]:
+        return self.budget.cures if self.budget is not None else CURES
 
     def text(self) -> str:
         return self.budget.describe() if self.evaluator is None else \
