@@ -26,7 +26,8 @@ def plan_targets(model: Any, targets: str | Iterable[str], config=None, *, calib
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
     loaded, cfg, where, data = prepare_inputs(current, model, calib=calib, train=train,
-                                              config=config, input_shapes=None, outputs=None)
+                                              config=config, input_shapes=None, outputs=None,
+                                              planning=True)
     given = {kind: kind in data for kind in ("calibration", "training")}
     return [make_plan(loaded, profile, current.plugins, cfg, data=given, config_source=where)
             for profile in profiles]

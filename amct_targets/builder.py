@@ -204,7 +204,8 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
 
 
 def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs,
-                   loss=None, optimizer=None, strategy=None, evaluation=None, evaluator=None):
+                   loss=None, optimizer=None, strategy=None, evaluation=None, evaluator=None,
+                   planning=False):
     config, where = load_build_config(config)
     if isinstance(model_source, (str, os.PathLike)):
         require_file_or_folder(model_source, "model: a frozen .pb, SavedModel folder or "
@@ -219,7 +220,8 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
     if train is not None:
         data["training"] = TrainingData(load_training(train, model, str(train) if isinstance(
             train, (str, os.PathLike)) else "training data"), loss, optimizer, strategy)
-    add_accuracy_inputs(session, model, config, where, data, evaluation, evaluator, calib)
+    add_accuracy_inputs(session, model, config, where, data, evaluation, evaluator, calib,
+                        planning=planning)
     return model, config, where, data
 
 

@@ -16,10 +16,14 @@ from amct_targets.graph.model import Model
 
 
 def add_accuracy_inputs(session, model: Model, config: dict, where: str, data: dict,
-                        evaluation: Any, evaluator: Any, calib: Any) -> None:
+                        evaluation: Any, evaluator: Any, calib: Any, *,
+                        planning: bool = False) -> None:
     """Fill `data["evaluation"]` (EvalData) and `data["scorer"]` (when a budget or an
-    evaluator is given); a ConfigError for a budget that cannot be measured."""
+    evaluator is given); a ConfigError for a budget that cannot be measured. `planning`:
+    only validate the budget (a plan runs nothing)."""
     budget = Budget.from_config(config.get("accuracy"), where)
+    if planning:
+        return
     if evaluation is not None:
         label = str(evaluation) if isinstance(evaluation, (str, os.PathLike)) \
             else "evaluation data"
