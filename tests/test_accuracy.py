@@ -84,6 +84,15 @@ def test_budget_without_eval_or_labels_fails_before_any_work(demo_pb, demo_calib
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_validates_the_budget_but_needs_no_eval(cli, demo_pb, tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"accuracy": BUDGET}))
+    bad.write_text(json.dumps({"accuracy": {"metric": "top1"}}))
+    assert cli("plan", demo_pb, "--target", "ascend310", "--config", good).code == 0
+    result = cli("plan", demo_pb, "--target", "ascend310", "--config", bad)
+    assert result.code == 1 and "accuracy: metric top1 takes max_drop" in result.err
+
+
 # --- evaluation in the build ----------------------------------------------------------------
 
 def test_cli_build_with_eval_reports_and_prints_the_evaluation(cli, demo_pb, demo_calib,
