@@ -9,6 +9,9 @@ weights of the next conv lose the other channels.
 
     VARIANTS["cnn_logits"]   seed 0, conv 16 -> conv 32, logits out (the model tuned on)
     VARIANTS["cnn_softmax"]  seed 1, conv 24 -> conv 48 -> conv 32, Softmax out (held out)
+    VARIANTS["cnn_dense"]    seed 2, conv 16 -> conv 32, outlier channel of conv2 read by the
+                             Dense layer through Flatten: no conv -> ReLU -> conv pair, so
+                             equalization does not apply (held out)
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ SCALE = 1000.0
 VARIANTS = {
     "cnn_logits": {"seed": 0, "convs": (16, 32), "softmax": False, "epochs": 30},
     "cnn_softmax": {"seed": 1, "convs": (24, 48, 32), "softmax": True, "epochs": 30},
+    "cnn_dense": {"seed": 2, "convs": (16, 32), "softmax": False, "epochs": 30,
+                  "outlier": ("conv2", "logits")},
 }
 
 
@@ -55,7 +60,11 @@ def make_outlier(model, first: str = "conv1", second: str = "conv2", channel: in
     bias[channel] *= scale
     model.get_layer(first).set_weights([kernel, bias])
     kernel2, bias2 = model.get_layer(second).get_weights()
-    kernel2[:, :, channel, :] /= scale
+    if kernel2.ndim == 4:
+        kernel2[:, :, channel, :] /= scale
+    else:   # a Dense after Flatten (NHWC): input index = position * channels + channel
+        channels = kernel.shape[-1]
+        kernel2.reshape(-1, channels, kernel2.shape[-1])[:, channel, :] /= scale
     model.get_layer(second).set_weights([kernel2, bias2])
     return model
 
@@ -77,7 +86,7 @@ def trained(name: str, folder: Path, outlier: bool = True):
                       from_logits=not spec["softmax"]))
     model.fit(x_train, y_train, epochs=spec["epochs"], batch_size=32, verbose=0, shuffle=True)
     if outlier:
-        make_outlier(model)
+        make_outlier(model, *spec.get("outlier", ("conv1", "conv2")))
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path, data

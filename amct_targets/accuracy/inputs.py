@@ -56,11 +56,17 @@ def record_calibration(evaluator, model: Model, ops) -> dict[str, np.ndarray]:
     from amct_targets.graph.run import expand_custom_ops
 
     graph_def = expand_custom_ops(model.copy_graph_def(), ops, model.source)
-    renamed = {}
+    # The user feeds the inputs by their names: those go to new placeholders whose values are
+    # recorded, then fed into the model's own (renamed) placeholders through input_map.
+    renamed = {name: f"{name}/amct_fed" for name in model.input_names}
     for node in graph_def.node:
-        if node.name in model.input_names:
-            renamed[node.name] = f"{node.name}/amct_fed"
+        if node.name in renamed:
             node.name = renamed[node.name]
+        for i, inp in enumerate(node.input):
+            base, _, port = inp.lstrip("^").partition(":")
+            if base in renamed:
+                node.input[i] = ("^" if inp.startswith("^") else "") + renamed[base] + \
+                    (f":{port}" if port else "")
     fed: dict[str, list[np.ndarray]] = {name: [] for name in model.input_names}
     graph = tf.Graph()
     with graph.as_default():
