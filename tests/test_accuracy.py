@@ -168,6 +168,23 @@ def test_budget_on_agreement_is_met_by_equalization_on_an_outlier_cnn(tmp_path):
     assert auto["fallback_layers"] == [] and auto["initial"] == pytest.approx(before)
 
 
+def test_bias_correction_then_fallback_search_when_equalization_is_off(tmp_path):
+    path = _untrained_outlier(tmp_path)
+    x_train, x, _ = digits_eval(200)
+    report = at.build(path, "ascend310", calib=x_train[:64], eval=x, output_dir=tmp_path / "o",
+                      config={"accuracy": {"metric": "cosine", "min": 0.999,
+                                           "cures": ["bias_correction"]}})["ascend310"]
+    auto = report["auto_calibration"]
+    (cure,) = auto["cures"]
+    assert cure["name"] == "bias_correction" and len(cure["layers"]) == 3
+    assert all(np.isfinite(s["max_shift_over_std"]) for s in cure["shifts"])
+    assert auto["met"] is True and auto["final"] >= 0.999
+    assert 1 <= len(auto["fallback_layers"]) < 3
+    assert [r["sensitivity"] for r in auto["ranking"]] == sorted(
+        r["sensitivity"] for r in auto["ranking"])
+    assert auto["history"][-1]["met"] is True
+
+
 def test_evaluator_that_fails_never_kills_the_build(demo_pb, demo_calib, tmp_path):
     class Broken(at.AccuracyEvaluator):
         def evaluate(self, graph, outputs):
