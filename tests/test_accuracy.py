@@ -130,7 +130,13 @@ def _untrained_outlier(tmp_path, softmax=False):
     import outlier_models as om
 
     keras.utils.set_random_seed(3)
-    model = om.make_outlier(om.build((8, 16), softmax))
+    model = om.build((8, 16), softmax)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:   # nonzero biases: zero ones are pruned when the model loads
+        if layer.get_weights():
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype("float32")])
+    model = om.make_outlier(model)
     path = tmp_path / "outlier.keras"
     model.save(path)
     return path
