@@ -23,14 +23,15 @@ from amct_targets.graph.run import GraphRunner
 
 
 def correct_biases(float_model: Model, compressed: Model, sample: Mapping[str, np.ndarray],
-                   ops) -> tuple[Model, list[dict]]:
-    """`float_model` with the bias of every quantized layer corrected, and one entry per
-    corrected layer (largest |shift| relative to the output's std)."""
+                   ops) -> tuple[Model, list[dict], dict[str, tuple[str, np.ndarray]]]:
+    """`float_model` with the bias of every quantized layer corrected, one entry per
+    corrected layer (largest |shift| relative to the output's std), and {layer: (bias Const,
+    original value)} to undo the correction of a layer that falls back to float."""
     index = GraphIndex(float_model.graph_def)
     layers = [g for g in governed_layers(float_model, compressed) if g.kind == "quantize"
               and bias_of(index, g.name) is not None]
     if not layers:
-        return float_model, []
+        return float_model, [], {}
     ref_run = GraphRunner(float_model.graph_def, float_model.input_names,
                           [g.reference for g in layers], ops=ops, where=float_model.source)
     got_run = GraphRunner(compressed.graph_def, compressed.input_names,
@@ -38,16 +39,31 @@ def correct_biases(float_model: Model, compressed: Model, sample: Mapping[str, n
     reference, got = ref_run.run_dict(sample), got_run.run_dict(sample)
     graph_def = float_model.copy_graph_def()
     nodes = {n.name: n for n in graph_def.node}
-    entries = []
+    entries, originals = [], {}
     for g in layers:
         ref, out = reference[g.reference], got[g.compressed]
         channels = ref.shape[-1]
         shift = (out.astype(np.float64) - ref).reshape(-1, channels).mean(axis=0)
         const = nodes[bias_of(index, g.name)[1]]
         bias = index.const_value(index.nodes[const.name])
+        originals[g.name] = (const.name, bias)
         set_const_value(const, (bias.astype(np.float64) - shift.reshape(bias.shape))
                         .astype(bias.dtype))
         spread = float(ref.std()) or 1.0
         entries.append({"layer": g.name,
                         "max_shift_over_std": round(float(np.abs(shift).max()) / spread, 6)})
-    return float_model.replace(graph_def=graph_def), entries
+    return float_model.replace(graph_def=graph_def), entries, originals
+
+
+def restore_biases(model: Model, originals: Mapping[str, tuple[str, np.ndarray]],
+                   layers) -> Model:
+    """`model` with the original bias of each of `layers` put back (a float layer needs no
+    correction: its output is the float model's again)."""
+    wanted = {originals[name][0]: originals[name][1] for name in layers if name in originals}
+    if not wanted:
+        return model
+    graph_def = model.copy_graph_def()
+    for node in graph_def.node:
+        if node.name in wanted:
+            set_const_value(node, wanted[node.name])
+    return model.replace(graph_def=graph_def)

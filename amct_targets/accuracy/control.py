@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from amct_targets.accuracy.bias_correction import correct_biases
+from amct_targets.accuracy.bias_correction import correct_biases, restore_biases
 from amct_targets.accuracy.equalize import equalize
 from amct_targets.accuracy.scoring import Scorer, ScoringFailed
 from amct_targets.accuracy.search import search_fallback
@@ -110,6 +110,7 @@ def run_governed(run_plan: Callable, session, model, profile, plan, config, data
     finally:
         for scratch in folder.glob(f"{SCRATCH}*"):
             shutil.rmtree(scratch, ignore_errors=True)
+    section.pop("_bias_originals", None)
     _mark_fallbacks(current.entries, section, scorer)
     return current.model, head_entries + current.entries, section, current.evaluation
 
@@ -136,8 +137,8 @@ def _cures(session, profile, base, current: Attempt, config, data, attempt, sect
         else:
             calibration = data.get("calibration") or {}
             sample = {k: v[:SAMPLES] for k, v in calibration.items()}
-            cured, changes = (correct_biases(base, current.model, sample, ops)
-                              if sample else (base, []))
+            cured, changes, originals = (correct_biases(base, current.model, sample, ops)
+                                         if sample else (base, [], {}))
             cure = {"name": name, "layers": [e["layer"] for e in changes], "shifts": changes}
             empty = "no quantized layer with a Const bias"
         if changes:
@@ -146,6 +147,8 @@ def _cures(session, profile, base, current: Attempt, config, data, attempt, sect
                         kept=tried.loss < current.loss)
             if cure["kept"]:
                 current, base = tried, cured
+                if name == "bias_correction":
+                    section["_bias_originals"] = originals
         else:
             cure.update(kept=False, note=empty)
         section["cures"].append(cure)
@@ -164,7 +167,8 @@ def _search(session, profile, base, current: Attempt, first: Attempt, config, da
     def trial(float_layers: list[str]) -> tuple[bool, float]:
         session.progress(f"{profile.name}: auto-calibration: {len(float_layers)} layer(s) "
                          "in float")
-        result = attempt(base, with_fallback(config, float_layers, kinds))
+        start = restore_biases(base, section.get("_bias_originals", {}), float_layers)
+        result = attempt(start, with_fallback(config, float_layers, kinds))
         tried[tuple(float_layers)] = result
         return result.ok, result.loss
 
