@@ -6,7 +6,8 @@ The public Python API (a contract, see DESIGN.md):
     at.list_targets(); at.load_target("ascend310p")
     at.plan(model, "ascend310p", config=None)
     at.build(model, ["ascend310", "ascend910b"], calib=None, train=None, config=None,
-             output_dir="amct_out")
+             output_dir="amct_out", eval=None, evaluator=None)
+    at.AccuracyEvaluator   # AMCT's AutoCalibrationEvaluatorBase, for at.build(evaluator=...)
     at.check("model.pb", "ascend310")
     at.load_simulation("model.pb")
 """
@@ -21,12 +22,13 @@ from typing import Any, Iterable, Mapping  # noqa: E402
 from amct_targets.errors import (  # noqa: E402
     AmctError, ConfigError, ModelError, PlanError, PluginError, ProfileError,
 )
+from amct_targets.accuracy.budget import AccuracyEvaluator  # noqa: E402
 from amct_targets.hooks import hookimpl  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["list_targets", "load_target", "plan", "build", "check", "load_simulation",
            "hookimpl", "AmctError", "ConfigError", "ModelError", "PlanError", "PluginError",
-           "ProfileError", "__version__"]
+           "ProfileError", "AccuracyEvaluator", "__version__"]
 
 
 def list_targets(*, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()) -> list[str]:
@@ -57,8 +59,14 @@ def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
           output_dir: str | _os.PathLike = "amct_out", *, input_shapes: Mapping | None = None,
           outputs: Iterable[str] | None = None, plugins: Iterable[str] = (),
           targets_dirs: Iterable[str] = (), progress: bool = False, loss: Any = None,
-          optimizer: Any = None, strategy: Any = None) -> dict[str, dict]:
+          optimizer: Any = None, strategy: Any = None, eval: Any = None,  # noqa: A002
+          evaluator: Any = None) -> dict[str, dict]:
     """Compress `model` for each target; returns {target: report dict}.
+
+    `eval` (an .npz path, {input: array, "y": labels} or one array) adds each report's
+    `evaluation` (float vs the simulated deploy graph) and lets the build config's
+    `accuracy:` budget be met; `evaluator` (an `AccuracyEvaluator`) judges the budget with
+    the user's own metric instead.
 
     Retraining passes use `train` ({input: array, "y": labels}, an .npz path, or a
     tf.data.Dataset of (inputs, labels)), and optionally a `loss` callable, a Keras
@@ -69,7 +77,7 @@ def build(model: Any, target_or_targets: str | Iterable[str], calib: Any = None,
     return run_build(model, target_or_targets, calib, train, config, output_dir,
                      input_shapes=input_shapes, outputs=outputs, plugins=plugins,
                      targets_dirs=targets_dirs, progress=progress, loss=loss,
-                     optimizer=optimizer, strategy=strategy)
+                     optimizer=optimizer, strategy=strategy, eval=eval, evaluator=evaluator)
 
 
 def load_simulation(pb: str | _os.PathLike, outputs: Iterable[str] | None = None, *,

@@ -26,7 +26,8 @@ def plan_targets(model: Any, targets: str | Iterable[str], config=None, *, calib
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
     loaded, cfg, where, data = prepare_inputs(current, model, calib=calib, train=train,
-                                              config=config, input_shapes=None, outputs=None)
+                                              config=config, input_shapes=None, outputs=None,
+                                              planning=True)
     given = {kind: kind in data for kind in ("calibration", "training")}
     return [make_plan(loaded, profile, current.plugins, cfg, data=given, config_source=where)
             for profile in profiles]
@@ -34,7 +35,8 @@ def plan_targets(model: Any, targets: str | Iterable[str], config=None, *, calib
 
 def build(model, targets, calib=None, train=None, config=None, output_dir="amct_out", *,
           input_shapes=None, outputs=None, plugins=(), targets_dirs=(), progress=False,
-          loss=None, optimizer=None, strategy=None) -> dict[str, dict]:
+          loss=None, optimizer=None, strategy=None, eval=None,  # noqa: A002 - the contract
+          evaluator=None) -> dict[str, dict]:
     from amct_targets.builder import build as run_build
 
     import_tensorflow_quietly()
@@ -43,7 +45,8 @@ def build(model, targets, calib=None, train=None, config=None, output_dir="amct_
     results = run_build(current, model, targets, calib=calib, train=train, config=config,
                         output_dir=output_dir, input_shapes=input_shapes,
                         outputs=list(outputs) if outputs else None, loss=loss,
-                        optimizer=optimizer, strategy=strategy)
+                        optimizer=optimizer, strategy=strategy, evaluation=eval,
+                        evaluator=evaluator)
     return {r.target: r.report for r in results}
 
 

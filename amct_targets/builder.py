@@ -5,6 +5,7 @@ renamed into place only when all targets succeeded, so an error leaves no partia
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from amct_targets import output
+from amct_targets.accuracy.control import run_governed
+from amct_targets.accuracy.evaluate import evaluate_build
+from amct_targets.accuracy.inputs import add_accuracy_inputs
 from amct_targets.config import load_build_config
 from amct_targets.data import as_input_arrays, load_training
 from amct_targets.deploy import atc as atc_mod
@@ -175,7 +179,9 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                 final_dir: Path, sha: str, memo: PassMemo | None = None) -> TargetBuild:
     folder = staging / profile.name
     folder.mkdir()
-    model, entries = run_plan(session, source_model, profile, plan, config, data, folder, memo)
+    run = functools.partial(run_plan, memo=memo)
+    model, entries, auto, evaluation = run_governed(run, session, source_model, profile, plan,
+                                                    config, data, folder)
     model, notes, pb_bytes, pb_sha = (memo or PassMemo()).finish(model, _static_pb)
     stem = _safe_stem(source_model.name)
     pb_name = f"{stem}.pb"
@@ -211,6 +217,18 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
                     "check_errors": sum(f.severity == "error" for f in findings),
                     "check_warnings": sum(f.severity == "warning" for f in findings)},
     }
+    if "evaluation" in data:
+        started = time.perf_counter()
+        if evaluation is None:
+            session.progress(f"{profile.name}: evaluating on {data['evaluation'].samples} "
+                             "samples")
+            evaluation = evaluate_build(source_model, model, data["evaluation"],
+                                        session.plugins.ops)
+        report["evaluation"] = {**evaluation,
+                                "seconds": round(time.perf_counter() - started, 3)}
+    if auto is not None:
+        report["auto_calibration"] = auto
+        report["artifacts"].update(auto.get("artifacts", {}))
     session.plugins.call("build_finished", report=report, target_dir=folder)
     report["artifacts"]["report_html"] = HTML_NAME
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -219,7 +237,8 @@ def emit_target(session, source_model: Model, profile, plan: Plan, config, data,
 
 
 def prepare_inputs(session, model_source, *, calib, train, config, input_shapes, outputs,
-                   loss=None, optimizer=None, strategy=None):
+                   loss=None, optimizer=None, strategy=None, evaluation=None, evaluator=None,
+                   planning=False):
     config, where = load_build_config(config)
     if isinstance(model_source, (str, os.PathLike)):
         require_file_or_folder(model_source, "model: a frozen .pb, SavedModel folder or "
@@ -234,24 +253,27 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
     if train is not None:
         data["training"] = TrainingData(load_training(train, model, str(train) if isinstance(
             train, (str, os.PathLike)) else "training data"), loss, optimizer, strategy)
+    add_accuracy_inputs(session, model, config, where, data, evaluation, evaluator, calib,
+                        planning=planning)
     return model, config, where, data
 
 
 def build(session, model_source, targets: Iterable[str], *, calib=None, train=None,
           config: str | Mapping | None = None, output_dir="amct_out",
           input_shapes: Mapping | None = None, outputs=None, loss=None, optimizer=None,
-          strategy=None) -> list[TargetBuild]:
+          strategy=None, evaluation=None, evaluator=None) -> list[TargetBuild]:
     profiles = session.profiles.select(list(targets))
     if not profiles:
         raise ConfigError("no target given; use --target NAME (repeatable) or --target all")
     out = Path(output_dir)
     output.refuse_overlap({"model": model_source, "calibration data": calib,
-                           "training data": train, "build config": config}, out,
-                          [p.name for p in profiles])
+                           "training data": train, "build config": config,
+                           "evaluation data": evaluation}, out, [p.name for p in profiles])
     model, config, where, data = prepare_inputs(session, model_source, calib=calib, train=train,
                                                 config=config, input_shapes=input_shapes,
                                                 outputs=outputs, loss=loss,
-                                                optimizer=optimizer, strategy=strategy)
+                                                optimizer=optimizer, strategy=strategy,
+                                                evaluation=evaluation, evaluator=evaluator)
     given = {kind: kind in data for kind in ("calibration", "training")}
     plans = {p.name: make_plan(model, p, session.plugins, config, data=given, config_source=where)
              for p in profiles}

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="target name, repeatable, or 'all'")
     p.add_argument("--calib", help=".npz keyed by input name, or .npy")
     p.add_argument("--train", help=".npz with the inputs and labels 'y'")
+    p.add_argument("--eval", help=".npz keyed like --calib, optional labels 'y': evaluate "
+                   "float vs compressed (report.json 'evaluation'; the accuracy budget)")
     p.add_argument("--config", help="build config, YAML or JSON")
     p.add_argument("--output", default="amct_out", help="output folder (default: amct_out)")
     p.add_argument("--input-shape", help="ATC syntax: name:1,224,224,3[;name2:...]")
@@ -136,6 +138,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
+    from amct_targets.accuracy.evaluate import auto_calibration_line, summary_line
     from amct_targets.builder import build
     from amct_targets.demo import demo_paths
     from amct_targets.graph.load import parse_input_shapes
@@ -150,7 +153,7 @@ def cmd_build(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
     results = build(session, model, args.target, calib=calib, train=args.train,
                     config=args.config, output_dir=args.output, input_shapes=shapes,
-                    outputs=outputs)
+                    outputs=outputs, evaluation=args.eval)
     if args.json:
         _print_json({"output": str(Path(args.output).resolve()),
                      "targets": [r.report for r in results]})
@@ -167,6 +170,10 @@ def cmd_build(args) -> int:
             if entry["status"] == "ran" and entry.get("metrics"):
                 metrics = ", ".join(f"{k}={v}" for k, v in entry["metrics"].items())
                 print(f"  {entry['name']}: {metrics}")
+        if "evaluation" in report:
+            print(f"  {summary_line(report['evaluation'])}")
+        if "auto_calibration" in report:
+            print(f"  {auto_calibration_line(report['auto_calibration'])}")
         for finding in report["checks"]:
             print(f"  {finding['severity']}: {finding['code']} [{finding['node']}]: "
                   f"{finding['message']}")

@@ -89,8 +89,11 @@ def similarity(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]
     """(cosine similarity, SQNR in dB) of `actual` against `reference`."""
     ref = reference.astype(np.float64).ravel()
     act = actual.astype(np.float64).ravel()
-    denom = np.linalg.norm(ref) * np.linalg.norm(act)
-    cosine = float(ref @ act / denom) if denom > 0 else 1.0
+    norms = np.linalg.norm(ref), np.linalg.norm(act)
+    if norms[0] > 0 and norms[1] > 0:
+        cosine = float(ref @ act / (norms[0] * norms[1]))
+    else:   # both zero: identical; one zero (a layer quantized to nothing): unrelated
+        cosine = 1.0 if norms[0] == norms[1] else 0.0
     noise = float(np.sum((ref - act) ** 2))
     signal = float(np.sum(ref ** 2))
     sqnr = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)

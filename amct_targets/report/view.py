@@ -102,6 +102,7 @@ class Evaluation:
     float_top1: float | None           # percent
     compressed_top1: float | None      # percent
     outputs: list[dict]                # name, top1_agreement (percent), sqnr_db, cosine
+    error: str = ""                    # the evaluation failed (the build went on)
 
     @property
     def change_points(self) -> float | None:
@@ -122,6 +123,7 @@ class AutoCalibration:
     cures: list[dict]
     history: list[dict]
     fallback_layers: list[dict]
+    message: str = ""      # why nothing was calibrated (no governed step, metric failed)
 
 
 @dataclass
@@ -255,7 +257,7 @@ def _evaluation(value: Any) -> Evaluation | None:
                       labels=bool(value.get("labels")),
                       float_top1=as_percent(_dict(value.get("float")).get("top1")),
                       compressed_top1=as_percent(_dict(value.get("compressed")).get("top1")),
-                      outputs=outputs)
+                      outputs=outputs, error=str(value.get("error") or ""))
 
 
 def _curve(entry: PassView) -> Curve | None:
@@ -299,7 +301,9 @@ def _auto_calibration(value: Any) -> AutoCalibration | None:
         initial=scale(value.get("initial")), final=scale(value.get("final")),
         met=met if isinstance(met, bool) else None,
         cures=[{"name": str(c.get("name") or ""), "metric_after": scale(c.get("metric_after")),
-                "layers": [str(x) for x in _list(c.get("layers"))]}
+                "layers": [str(x) for x in _list(c.get("layers"))],
+                "kept": c.get("kept") if isinstance(c.get("kept"), bool) else None,
+                "note": str(c.get("note") or "")}
                for c in map(_dict, _list(value.get("cures")))],
         history=[{"step": i, "float_layers": [str(x) for x in _list(h.get("float_layers"))],
                   "metric": scale(h.get("metric")), "met": h.get("met") is True}
@@ -307,7 +311,8 @@ def _auto_calibration(value: Any) -> AutoCalibration | None:
         fallback_layers=[{"layer": str(f.get("layer") or ""),
                           "sensitivity": number(f.get("sensitivity")),
                           "reason": str(f.get("reason") or "")}
-                         for f in map(_dict, _list(value.get("fallback_layers")))])
+                         for f in map(_dict, _list(value.get("fallback_layers")))],
+        message=str(value.get("error") or value.get("note") or ""))
 
 
 def _model_stats(report: Mapping, passes: list[PassView]) -> tuple[list[StatRow], str]:
