@@ -37,7 +37,6 @@ from amct_targets.amct_tensorflow.save import layer_quants, write_deploy_model
 from amct_targets.errors import ConfigError
 from amct_targets.graph.load import read_graph_def
 from amct_targets.graph.model import node_name
-from amct_targets.graph.run import GraphRunner
 from amct_targets.quant.fallback_search import binary_search_fallback
 from amct_targets.quant.int8 import layer_output, similarity
 from amct_targets.quant.rewrite import quantize_graph
@@ -82,22 +81,31 @@ def _capture_inputs(graph, layers: list[str]) -> dict:
     return kept
 
 
+def _run(graph_def, batch: dict, fetches: list[str]) -> list[np.ndarray]:
+    """Run `graph_def` (Ascend ops expanded) in a tf.compat.v1 Session: works whether the
+    user's script runs eagerly or has disabled eager execution."""
+    import tensorflow as tf
+
+    from amct_targets.graph.run import expand_custom_ops
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(expand_custom_ops(graph_def, analysis.ops()), name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        return sess.run(fetches, {f"{k}:0": v for k, v in batch.items()})
+
+
 def layer_sensitivity(model, quants, batch: dict) -> dict[str, float]:
     """{layer: 0.5 + 0.5 cos(float output, output with only this layer quantized)}."""
     from amct_targets.graph.pattern import GraphIndex
 
-    ops = analysis.ops()
     index = GraphIndex(model.graph_def)
-    feeds = [n for n in model.input_names if n in batch]
     names = [layer_output(index, q.layer) for q in quants]
-    reference = GraphRunner(model.graph_def, feeds, sorted(set(names)), ops=ops,
-                            where=model.source).run_dict(batch)
+    reference = dict(zip(names, _run(model.graph_def, batch, names)))
     result = {}
     for q, name in zip(quants, names):
         single, _ = quantize_graph(model, [q])
-        fetch = f"{q.layer.name}/ascend_dequant:0"
-        value = GraphRunner(single.graph_def, feeds, [fetch], ops=ops,
-                            where=model.source).run_dict(batch)[fetch]
+        value = _run(single.graph_def, batch, [f"{q.layer.name}/ascend_dequant:0"])[0]
         cosine, _ = similarity(reference[name], value)
         result[q.layer.name] = 0.5 + 0.5 * cosine
     return result
@@ -143,6 +151,8 @@ def accuracy_based_auto_calibration(model_file, outputs, record_file, config_fil
     quant_graph = read_graph_def(Path(f"{save_dir}_quantized.pb"), importable=False)
     global_metric = evaluator.evaluate(_import(quant_graph), tensors)
     global_ok, global_loss = _metric_eval(evaluator, original, global_metric, "all layers")
+    LOGGER.logi(f"all {len(records)} layer(s) quantized -> metric_eval ({global_ok}, "
+                f"{global_loss:.6g})")
     model = analysis.analysis_model(graph_def, outputs,
                                     skip_fusion={k for k, r in records.items() if r.skip_fusion})
     quants = layer_quants(model, records, f"record file {record_file}")
@@ -160,7 +170,8 @@ def accuracy_based_auto_calibration(model_file, outputs, record_file, config_fil
             record = scratch / "record.txt"
             write_record(record, subset)
             prefix = scratch / f"trial{len(metrics)}"
-            write_deploy_model(model_file, outputs, str(record), str(prefix), "auto calibration")
+            write_deploy_model(model_file, outputs, str(record), str(prefix), "auto calibration",
+                               verbose=False)
             graph = _import(read_graph_def(Path(f"{prefix}_quantized.pb"), importable=False))
             metric = evaluator.evaluate(graph, tensors)
             ok, loss = _metric_eval(evaluator, original, metric, f"{len(float_set)} float layers")

@@ -129,7 +129,7 @@ def quant_mapping(model: Model, quants: list[LayerQuant]) -> dict[str, str]:
 
 
 def write_deploy_model(pb_model: str, outputs: Iterable[str], record_file: str,
-                       save_path: str, what: str) -> Path:
+                       save_path: str, what: str, verbose: bool = True) -> Path:
     import tensorflow as tf
 
     from amct_targets.graph.load import read_graph_def
@@ -148,8 +148,9 @@ def write_deploy_model(pb_model: str, outputs: Iterable[str], record_file: str,
         deployed, notes = quantize_graph(model, quants)
     except AmctError as exc:
         raise fail(exc) from None
+    log = LOGGER.logi if verbose else LOGGER.logd
     for note in notes:
-        LOGGER.logi(note)
+        log(note)
     raw_outputs = deployed.outputs
     deployed = keep_output_names(deployed, names)
     mapping = quant_mapping(model, quants)
@@ -166,8 +167,8 @@ def write_deploy_model(pb_model: str, outputs: Iterable[str], record_file: str,
     except OSError as exc:
         raise fail(ConfigError(f"save_path {save_path}: cannot write the model "
                                f"({exc.strerror})")) from None
-    LOGGER.logi(f"{len(quants)} layer(s) quantized; the quantized model is {pb_path}")
-    LOGGER.logi(f"Quant info file (quantized node -> original node) is {json_path}")
+    log(f"{len(quants)} layer(s) quantized; the quantized model is {pb_path}")
+    log(f"Quant info file (quantized node -> original node) is {json_path}")
     return pb_path
 
 
