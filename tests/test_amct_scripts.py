@@ -20,15 +20,15 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - (DEBUG|INFO|WARN
                       r"\[AMCT\]:\[AMCT\]: \S")
 
 
-def _env():
-    env = dict(os.environ)
+def _env(**extra):
+    env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return env
 
 
-def run(args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(),
+def run(args, cwd: Path, check: bool = True, **env) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(**env),
                             capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -109,11 +109,18 @@ def test_deploy_pb_runs_in_stock_tf_like_the_simulation(fixtures, tmp_path):
             "graph = tf.Graph()\n"
             "with graph.as_default(): tf.compat.v1.import_graph_def(g, name='')\n"
             "with tf.compat.v1.Session(graph=graph) as s:\n"
-            "    np.save(sys.argv[3], s.run('prob:0', {'input:0': np.load(sys.argv[2])}))\n")
-    run(["-c", code, pb, tmp_path / "x.npy", tmp_path / "y.npy"], tmp_path)
-    session_out = np.load(tmp_path / "y.npy")
+            "    np.save(sys.argv[3], s.run('prob:0', {'input:0': np.load(sys.argv[2])}))\n"
+            "print('op library', amct.OP_LIBRARY_LOADED)\n")
+    kernels = run(["-c", code, pb, tmp_path / "x.npy", tmp_path / "y.npy"], tmp_path)
+    assert "op library True" in kernels.stdout
     simulated = amct_targets.load_simulation(pb)(x)
-    assert np.max(np.abs(session_out - simulated)) < 1e-6
+    assert np.max(np.abs(np.load(tmp_path / "y.npy") - simulated)) < 1e-6
+    # Without a compiler: one warning, then import_graph_def expands the Ascend ops.
+    fallback = run(["-c", code, pb, tmp_path / "x.npy", tmp_path / "z.npy"], tmp_path,
+                   CXX="/nonexistent/g++", AMCT_TARGETS_CACHE_DIR=str(tmp_path / "cache"))
+    assert "op library False" in fallback.stdout
+    assert fallback.stderr.count("cannot build the Ascend op library") == 1
+    assert np.max(np.abs(np.load(tmp_path / "z.npy") - simulated)) < 1e-6
 
 
 def test_auto_calibration_sample_keeps_sensitive_layers_float(fixtures, tmp_path):

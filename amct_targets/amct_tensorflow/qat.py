@@ -100,7 +100,9 @@ def convert_qat_model(pb_model, outputs, save_path, record_file=None) -> None:
                                "TF QAT models with these fake quant ops convert"))
     original_index = GraphIndex(graph_def)
     try:
-        stripped, params = strip_fake_quant(graph_def, where)
+        copy = type(graph_def)()
+        copy.CopyFrom(graph_def)
+        stripped, params = strip_fake_quant(copy, where)
     except ConfigError as exc:
         raise fail(exc) from None
     by_input = {}
@@ -127,7 +129,7 @@ def convert_qat_model(pb_model, outputs, save_path, record_file=None) -> None:
             scale_w = np.ones(1, np.float32)
         else:
             scale_w, offset_w, _ = by_input[weight_fq.name]
-            if np.any(offset_w != 0) and np.any(offset_w != -1):
+            if not np.all(np.isin(offset_w, (0, -1))):
                 raise fail(ConfigError(f"{where}: weights of '{layer.name}' are fake-quantized "
                                        "asymmetrically; AMCT deploys symmetric int8 weights "
                                        "(use narrow_range or a symmetric min/max)"))

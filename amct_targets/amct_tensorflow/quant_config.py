@@ -166,6 +166,9 @@ def create_quant_config(config_file: str, graph, skip_layers: Iterable[str] | No
                                       where)
     except ConfigError as exc:
         raise fail(exc) from None
+    if section.get("joint_quant"):
+        LOGGER.logw("joint_quant: true has no effect here: Add/Eltwise layers are not "
+                    "quantized yet (see docs/amct.md)")
     if not selection.layers:
         LOGGER.logw("create_quant_config: the graph has no quantizable layer (Conv2D, "
                     "DepthwiseConv2dNative, Conv2DBackpropInput, MatMul, BatchMatMul, AvgPool "
