@@ -221,3 +221,45 @@ def test_binary_search_fallback_finds_the_smallest_float_prefix():
     assert len(calls) == 3            # ceil(log2(7)) trials
     never = binary_search_fallback(ranked, lambda f: (False, 1.0))
     assert never.all_float and never.float_layers == tuple(ranked)
+
+
+EVALUATOR = '''
+import numpy as np
+import tensorflow as tf
+from amct_targets.amct_tensorflow.common.auto_calibration import AutoCalibrationEvaluatorBase
+
+DATA = np.random.default_rng(1).normal(size=(64, 8)).astype(np.float32)
+
+
+class MlpEvaluator(AutoCalibrationEvaluatorBase):
+    def calibration(self, graph, outputs):
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(outputs, {"x:0": DATA[:32]})
+
+    def evaluate(self, graph, outputs):
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return float(np.mean(sess.run(outputs, {"x:0": DATA})[0]))
+
+    def metric_eval(self, original, new):
+        return abs(original - new) < 0.5, abs(original - new)
+'''
+
+
+def test_cli_evaluator_and_convert_commands(tmp_path, monkeypatch):
+    from amct_targets.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    pb = tmp_path / "model.pb"
+    pb.write_bytes(mlp_graph_def().SerializeToString())
+    (tmp_path / "evaluator.py").write_text(EVALUATOR)
+    assert main(["amct", "calibration", "--model", str(pb), "--outputs", "fc2:0",
+                 "--save_path", "auto/mlp", "--evaluator", "evaluator.py"]) == 0
+    assert (tmp_path / "auto" / "mlp_quantized.pb").is_file()
+    assert (tmp_path / "auto" /
+            "accuracy_based_auto_calibration_ranking_information.json").is_file()
+    assert (tmp_path / "amct_log" / "accuracy_based_auto_calibration_record.json").is_file()
+    # convert: a float model has no fake quant node -> one clear error, exit 1
+    assert main(["amct", "convert", "--model", str(pb), "--outputs", "fc2",
+                 "--save_path", "q/mlp"]) == 1
+    assert not (tmp_path / "q").exists()
