@@ -20,6 +20,12 @@ from amct_targets.errors import ConfigError  # noqa: E402
 from amct_targets.quant.fallback_search import binary_search_fallback  # noqa: E402
 
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """AMCT writes ./amct_log/ in the working directory: keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)
 W1 = RNG.normal(size=(8, 6)).astype(np.float32)
 B1 = RNG.normal(size=6).astype(np.float32)
 W2 = RNG.normal(size=(6, 3)).astype(np.float32)
