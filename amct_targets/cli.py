@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 from amct_targets import __version__
+from amct_targets.amct_cli import add_parser as add_amct_parser
+from amct_targets.amct_cli import cmd_amct
 from amct_targets.errors import AmctError
 
 EXIT_USER_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 1, 2, 3
-TF_COMMANDS = ("plan", "build", "check", "simulate")   # `targets`, `passes`: no TensorFlow
+TF_COMMANDS = ("plan", "build", "check", "simulate", "amct")   # `targets`, `passes`: no TensorFlow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pb")
     p.add_argument("--input", required=True, help=".npz keyed by input name, or .npy")
     p.add_argument("--output", required=True, help=".npz to write the outputs to")
+    add_amct_parser(sub)
     return parser
 
 
@@ -230,7 +233,7 @@ def cmd_simulate(args) -> int:
 
 
 COMMANDS = {"targets": cmd_targets, "passes": cmd_passes, "plan": cmd_plan, "build": cmd_build,
-            "check": cmd_check, "simulate": cmd_simulate}
+            "check": cmd_check, "simulate": cmd_simulate, "amct": cmd_amct}
 
 
 def main(argv: list[str] | None = None) -> int:

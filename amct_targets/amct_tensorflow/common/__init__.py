@@ -1,0 +1,1 @@
+"""`amct_targets.amct_tensorflow.common`, as AMCT's `amct_tensorflow.common`."""
