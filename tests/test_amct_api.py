@@ -17,7 +17,7 @@ from amct_targets.approx.kernel import ref_fast_softmax  # noqa: E402
 from amct_targets.calibration.arq import arq  # noqa: E402
 from amct_targets.calibration.ifmr import ifmr_exact  # noqa: E402
 from amct_targets.errors import ConfigError  # noqa: E402
-from amct_targets.quant.fallback_search import binary_search_fallback  # noqa: E402
+from amct_targets.accuracy.search import search_fallback  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -222,11 +222,12 @@ def test_binary_search_fallback_finds_the_smallest_float_prefix():
         calls.append(len(float_layers))
         return len(float_layers) >= 3, 1.0 / (1 + len(float_layers))
 
-    result = binary_search_fallback(ranked, evaluate)
-    assert result.ok and result.float_layers == ("a", "b", "c")
-    assert len(calls) == 3            # ceil(log2(7)) trials
-    never = binary_search_fallback(ranked, lambda f: (False, 1.0))
-    assert never.all_float and never.float_layers == tuple(ranked)
+    result = search_fallback(ranked, evaluate, initial=(False, 1.0), try_all=False)
+    assert result.ok and result.float_layers == ["a", "b", "c"]
+    assert calls == [3, 1, 2]         # ceil(log2(7)) trials, all float never tried
+    never = search_fallback(ranked, lambda f: (False, 1.0), initial=(False, 1.0),
+                            try_all=False)
+    assert not never.ok and never.float_layers == ranked and len(never.history) == 3
 
 
 EVALUATOR = '''

@@ -42,11 +42,14 @@ class SearchResult:
 
 
 def search_fallback(ranked: Sequence[str], trial: Callable[[list[str]], tuple[bool, float]],
-                    *, initial: tuple[bool, float] | None = None) -> SearchResult:
+                    *, initial: tuple[bool, float] | None = None,
+                    try_all: bool = True) -> SearchResult:
     """The fewest most-sensitive layers to keep in float so that `trial` says ok.
 
     `initial`: the (ok, loss) of the model with nothing in float when the caller has it
-    already (no trial is run for it). Trials: about log2(len(ranked)) + 1."""
+    already (no trial is run for it). `try_all=False`: every layer in float is the float
+    model, never tried (AMCT's BinarySearch); when nothing less passes the result is every
+    layer with ok False. Trials: about log2(len(ranked)) + 1."""
     ranked = list(ranked)
     history: list[Trial] = []
 
@@ -69,6 +72,8 @@ def search_fallback(ranked: Sequence[str], trial: Callable[[list[str]], tuple[bo
         else:
             low = middle
     if high not in results:
+        if not try_all and high == len(ranked):
+            return SearchResult(ranked, False, None, history)
         results[high] = run(high)
     ok, loss = results[high]
     return SearchResult(ranked[:high], ok, loss, history)

@@ -7,7 +7,7 @@ until the user's `metric_eval` accepts the model.
 3. Every layer quantized: `save_model`, `evaluator.evaluate` on the deploy graph.
 4. Sensitivity ('CosineSimilarity'): per layer, 0.5 + 0.5 * cos(float output, output with
    only that layer quantized), on the kept inputs; ranked least similar first.
-5. If step 3 failed, quant/fallback_search.py's binary search ('BinarySearch') over how
+5. If step 3 failed, accuracy/search.py's binary search (shared with the build's accuracy budget) ('BinarySearch') over how
    many of the most sensitive layers stay float, each trial a deploy model evaluated by the
    evaluator.
 
@@ -21,6 +21,7 @@ list of the trials, each {"roll_back_config": {layer: quantized?}, "metric_eval"
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,7 +38,7 @@ from amct_targets.amct_tensorflow.save import layer_quants, write_deploy_model
 from amct_targets.errors import ConfigError
 from amct_targets.graph.load import read_graph_def
 from amct_targets.graph.model import node_name
-from amct_targets.quant.fallback_search import binary_search_fallback
+from amct_targets.accuracy.search import search_fallback
 from amct_targets.quant.int8 import layer_output, similarity
 from amct_targets.quant.rewrite import quantize_graph
 
@@ -183,11 +184,12 @@ def accuracy_based_auto_calibration(model_file, outputs, record_file, config_fil
             return ok, loss
 
         try:
-            search = binary_search_fallback(ranked, evaluate)
+            search = search_fallback(ranked, lambda layers: evaluate(frozenset(layers)),
+                                     initial=(False, math.inf), try_all=False)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         float_layers = search.float_layers
-        if search.all_float:
+        if not search.ok:
             _write_reports(folder, ranking, history, None, config)
             for suffix in ("_quantized.pb", "_quant.json"):
                 Path(f"{save_dir}{suffix}").unlink(missing_ok=True)
