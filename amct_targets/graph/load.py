@@ -157,18 +157,27 @@ def _freeze_concrete_function(concrete_fn, where, name) -> Model:
 
 
 def model_from_keras(keras_model, where="<keras model>", name=None) -> Model:
+    """Freeze a Keras model called with its own input structure: one tensor, a list, or a
+    dict (keras-hub's `token_ids`/`padding_mask`/...); inputs are named by their dict key,
+    else by their Input layer's name."""
     import tensorflow as tf
 
     try:
-        keras_inputs = list(keras_model.inputs)
+        structure = keras_model.input
     except (AttributeError, ValueError):
         raise ModelError(f"{where}: the Keras model has no defined inputs; build it (call it "
                          "once or give it an Input layer) before compressing") from None
+    flat = tf.nest.flatten(structure)
+    names = [t.name for t in flat]
+    if isinstance(structure, Mapping) and len(structure) == len(flat):
+        names = [str(key) for key in sorted(structure)]  # tf.nest's order of a dict
     specs = [tf.TensorSpec(shape=t.shape, dtype=tf.as_dtype(t.dtype),
-                           name=_clean_name(t.name, i)) for i, t in enumerate(keras_inputs)]
+                           name=_clean_name(n, i)) for i, (n, t) in enumerate(zip(names, flat))]
+    if len({s.name for s in specs}) != len(specs):
+        specs = [tf.TensorSpec(s.shape, s.dtype, f"{s.name}_{i}") for i, s in enumerate(specs)]
 
     def forward(*args):
-        return keras_model(args[0] if len(args) == 1 else list(args), training=False)
+        return keras_model(tf.nest.pack_sequence_as(structure, list(args)), training=False)
 
     concrete = tf.function(forward).get_concrete_function(*specs)
     return _freeze_concrete_function(concrete, where, name or keras_model.name or "model")
