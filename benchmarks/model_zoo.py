@@ -89,7 +89,8 @@ def build_model(name: str):
     if source == "zoo_small":
         import zoo_small
 
-        return getattr(zoo_small, builder)(image=size)
+        return set_bn_statistics(getattr(zoo_small, builder)(image=size),
+                                 make_data(name, 64, seed=7))
     if source == "keras_hub":
         import keras
         import keras_hub
