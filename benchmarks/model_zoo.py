@@ -163,7 +163,7 @@ def phase_ours(name: str, work: Path, targets: str, source: str) -> dict:
                 if isinstance(x, dict) and x.get("status") not in ("folded", None)]
         folded = [x for x in fold.get("layers") or [] if isinstance(x, dict)
                   and x.get("status") == "folded"]
-        simulate = at.load_simulation(pb)
+        simulate = at.load_simulation(pb, report["outputs"])  # the model's output order
         outputs = simulate(held_out)
         values = list(outputs.values()) if isinstance(outputs, dict) else [outputs]
         sqnr, cosine = sqnr_cosine(reference, np.concatenate([np.ravel(v) for v in values]))

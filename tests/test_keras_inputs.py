@@ -104,3 +104,47 @@ def test_npz_keys_must_name_every_input(tmp_path):
     data["image_typo"] = data.pop("image")
     with pytest.raises(ConfigError, match=r"missing \['image'\]"):
         at.build(two_input_model(), "ascend310", calib=data, output_dir=tmp_path / "out")
+
+
+def _dynamic_projection_model():
+    """keras-hub's projection: EinsumDense `abc,cde->abde` on (batch, tokens, dim), both dynamic."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    tokens = keras.Input((None, 16), name="tokens")
+    x = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 8))(tokens)
+    return keras.Model(tokens, keras.layers.Reshape((-1, 16))(x), name="projection")
+
+
+def test_einsum_projection_becomes_matmul_once_input_shape_fixes_the_tokens():
+    from amct_targets.graph.load import load_model
+    from amct_targets.graph.run import GraphRunner
+    from amct_targets.hooks.manager import default_ops
+
+    keras_model = _dynamic_projection_model()
+    dynamic = load_model(keras_model)
+    assert [n.op for n in dynamic.graph_def.node].count("Einsum") == 1
+    assert any("two dynamic sizes" in n for n in dynamic.notes)
+    fixed = load_model(keras_model, input_shapes={"tokens": (1, 6, 16)})
+    ops = [n.op for n in fixed.graph_def.node]
+    assert "Einsum" not in ops and ops.count("MatMul") == 1
+    x = np.random.default_rng(0).normal(size=(5, 6, 16)).astype(np.float32)  # batch free
+    got = GraphRunner(fixed.graph_def, fixed.input_names, list(fixed.outputs),
+                      ops=default_ops())(x)[0]
+    np.testing.assert_allclose(got, np.asarray(keras_model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_an_einsum_left_in_the_graph_is_reported_float_with_its_reason(tmp_path):
+    keras_model = _dynamic_projection_model()
+    calib = np.random.default_rng(0).normal(size=(4, 6, 16)).astype(np.float32)
+    report = at.build(keras_model, "ascend310", calib=calib, output_dir=tmp_path / "out",
+                      input_shapes={"tokens": (1, 6, 16)})["ascend310"]
+    quantize = next(p for p in report["passes"] if p["name"] == "quantize")
+    assert [x["op"] for x in quantize["layers"] if x["status"] == "quantized"] == ["MatMul"]
+    from amct_targets.graph.load import load_model
+    from amct_targets.quant.layers import find_layers
+
+    model = load_model(keras_model)
+    _, skipped = find_layers(model, at.load_target("ascend310"))
+    assert [(s.op, "two dynamic sizes" in s.reason and "--input-shape" in s.reason)
+            for s in skipped] == [("Einsum", True)]

@@ -228,6 +228,7 @@ def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None
                           "amct_targets.graph.Model")
     if input_shapes:
         model = apply_input_shapes(model, input_shapes)
+        model = _rewrite_einsums_with_shapes(model, {s.name: s for s in model.inputs})
     return model
 
 
@@ -311,3 +312,25 @@ def apply_input_shapes(model: Model, input_shapes: Mapping[str, tuple[int, ...]]
                                  f"input '{key}' of shape ({spec.shape_text()})")
         updated[key] = TensorSpec(spec.name, spec.dtype, tuple(shape))
     return model.replace(inputs=tuple(updated[s.name] for s in model.inputs))
+
+
+def _rewrite_einsums_with_shapes(model: Model, specs: Mapping[str, TensorSpec]) -> Model:
+    """Einsums the load-time rewrite kept for dynamic sizes (keras-hub's `(None, None)` token
+    inputs), rewritten again now that the given shapes fix every size but the batch, which
+    stays dynamic so calibration and simulation take any batch."""
+    if not any(n.op == "Einsum" for n in model.graph_def.node):
+        return model
+    from amct_targets.graph.einsum import einsum_to_matmul
+
+    graph_def = model.copy_graph_def()
+    for node in graph_def.node:
+        spec = specs.get(node.name)
+        if node.op == "Placeholder" and spec is not None and spec.shape:
+            dims = node.attr["shape"].shape
+            dims.unknown_rank = False
+            del dims.dim[:]
+            for i, size in enumerate(spec.shape):
+                dims.dim.add().size = -1 if i == 0 or size is None else int(size)
+    rewritten, notes = einsum_to_matmul(graph_def, model.source)
+    kept = [n for n in model.notes if not n.startswith("Einsum '")]
+    return model.replace(graph_def=rewritten, notes=tuple(kept + notes))

@@ -92,7 +92,13 @@ def find_layers(model: Model, profile, *, layouts: Mapping = LAYOUTS, skip_layer
     index = GraphIndex(model.graph_def)
     rules = profile.data.get("quantizable_ops", {})
     layers, skipped = [], []
+    kept = {n.split("'")[1]: n for n in model.notes if n.startswith("Einsum '")}
     for node in model.graph_def.node:
+        if node.op == "Einsum":  # kept by the load-time rewrite: AMCT quantizes no Einsum
+            skipped.append(Skipped(node.name, node.op, kept.get(node.name, "an Einsum") +
+                                   "; only its MatMul/BatchMatMul form quantizes (give static "
+                                   "sizes but the batch with --input-shape)"))
+            continue
         if node.op not in rules and node.op not in layouts:
             continue
         found = _qualify(node, index, rules, layouts, skip_layers, skip_layer_types, profile)
