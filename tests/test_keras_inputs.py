@@ -148,3 +148,20 @@ def test_an_einsum_left_in_the_graph_is_reported_float_with_its_reason(tmp_path)
     _, skipped = find_layers(model, at.load_target("ascend310"))
     assert [(s.op, "two dynamic sizes" in s.reason and "--input-shape" in s.reason)
             for s in skipped] == [("Einsum", True)]
+
+
+def test_input_rescaling_is_not_reported_as_an_unfolded_batchnorm():
+    """Keras Applications' Rescaling(scale, offset) on the image is x * c + d on a Placeholder:
+    preprocessing, not a BatchNorm, so fold_bn lists nothing (it listed it as 'left')."""
+    import keras
+
+    from amct_targets.graph.fold_bn import fold_batch_norm
+    from amct_targets.graph.load import load_model
+
+    keras.utils.set_random_seed(6)
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(image)
+    x = keras.layers.Conv2D(4, 3)(x)
+    model = load_model(keras.Model(image, x))
+    _, folded, left = fold_batch_norm(model)
+    assert (folded, left) == ([], [])
