@@ -81,7 +81,24 @@ def _check_array(array: np.ndarray, spec: TensorSpec, what: str, where: str) -> 
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ConfigError(f"{label}: {bad} value(s) are NaN or infinite; clean the data")
+    if np.dtype(spec.dtype).kind in "iub":
+        return _as_integer(array, np.dtype(spec.dtype), label)
     return array.astype(spec.dtype) if spec.dtype in ("float16", "float32", "float64") else array
+
+
+def _as_integer(array: np.ndarray, dtype: np.dtype, label: str) -> np.ndarray:
+    """Token ids, masks, segment ids: fed as they are, never scaled or calibrated as floats;
+    only whole values that the input's integer dtype holds."""
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ConfigError(f"{label}: the input is {dtype.name} but the data holds fractions; "
+                          f"store whole numbers (ids, masks) as integers")
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            raise ConfigError(f"{label}: values {low}..{high} do not fit the input's "
+                              f"{dtype.name}")
+    return array.astype(dtype)
 
 
 def load_training(source: Any, model: Model, where: str) -> dict[str, np.ndarray]:

@@ -119,8 +119,8 @@ def rewrite_einsum(node, nodes: dict, shapes: dict, taken: set[str]):
     merge = len(free_a) != 1 or len(free_b) != 1 or len(contracted) != 1
     groups = {"m": free_a, "k": contracted, "n": free_b}
     sizes = {key: _product([dims[c] for c in letters]) for key, letters in groups.items()}
-    if merge and None in sizes.values():
-        return None, "a Reshape would need a dynamic size"
+    # A merged group of unknown size is fine when it is the one -1 of its Reshape (the batch
+    # of a projection `abc,cde->abde`); `_target_shape` refuses two unknowns per Reshape.
 
     def operand(ref, term, order, first, second, part):
         perm = [term.index(c) for c in batch + groups[first] + groups[second]]

@@ -275,6 +275,9 @@ def _fold_round(graph_def: graph_pb2.GraphDef, model: Model, skip: frozenset = f
         for m in index.match(pattern):
             if m["head"].name not in seen:
                 seen.add(m["head"].name)
+                x = m.get("x") or index.producer(m.get("mul", m["head"]), 0)
+                if kind == "Mul+Add" and x is not None and x.op == "Placeholder":
+                    continue  # input preprocessing (Keras Rescaling/Normalization), no BN
                 left[m["head"].name] = {"layer": m.get("mul", m["head"]).name,
                                         "kind": _kind(kind, m["head"]), "status": "skipped",
                                         "reason": _input_reason(index, m)}

@@ -157,18 +157,27 @@ def _freeze_concrete_function(concrete_fn, where, name) -> Model:
 
 
 def model_from_keras(keras_model, where="<keras model>", name=None) -> Model:
+    """Freeze a Keras model called with its own input structure: one tensor, a list, or a
+    dict (keras-hub's `token_ids`/`padding_mask`/...); inputs are named by their dict key,
+    else by their Input layer's name."""
     import tensorflow as tf
 
     try:
-        keras_inputs = list(keras_model.inputs)
+        structure = keras_model.input
     except (AttributeError, ValueError):
         raise ModelError(f"{where}: the Keras model has no defined inputs; build it (call it "
                          "once or give it an Input layer) before compressing") from None
+    flat = tf.nest.flatten(structure)
+    names = [t.name for t in flat]
+    if isinstance(structure, Mapping) and len(structure) == len(flat):
+        names = [str(key) for key in sorted(structure)]  # tf.nest's order of a dict
     specs = [tf.TensorSpec(shape=t.shape, dtype=tf.as_dtype(t.dtype),
-                           name=_clean_name(t.name, i)) for i, t in enumerate(keras_inputs)]
+                           name=_clean_name(n, i)) for i, (n, t) in enumerate(zip(names, flat))]
+    if len({s.name for s in specs}) != len(specs):
+        specs = [tf.TensorSpec(s.shape, s.dtype, f"{s.name}_{i}") for i, s in enumerate(specs)]
 
     def forward(*args):
-        return keras_model(args[0] if len(args) == 1 else list(args), training=False)
+        return keras_model(tf.nest.pack_sequence_as(structure, list(args)), training=False)
 
     concrete = tf.function(forward).get_concrete_function(*specs)
     return _freeze_concrete_function(concrete, where, name or keras_model.name or "model")
@@ -219,6 +228,7 @@ def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None
                           "amct_targets.graph.Model")
     if input_shapes:
         model = apply_input_shapes(model, input_shapes)
+        model = _rewrite_einsums_with_shapes(model, {s.name: s for s in model.inputs})
     return model
 
 
@@ -302,3 +312,25 @@ def apply_input_shapes(model: Model, input_shapes: Mapping[str, tuple[int, ...]]
                                  f"input '{key}' of shape ({spec.shape_text()})")
         updated[key] = TensorSpec(spec.name, spec.dtype, tuple(shape))
     return model.replace(inputs=tuple(updated[s.name] for s in model.inputs))
+
+
+def _rewrite_einsums_with_shapes(model: Model, specs: Mapping[str, TensorSpec]) -> Model:
+    """Einsums the load-time rewrite kept for dynamic sizes (keras-hub's `(None, None)` token
+    inputs), rewritten again now that the given shapes fix every size but the batch, which
+    stays dynamic so calibration and simulation take any batch."""
+    if not any(n.op == "Einsum" for n in model.graph_def.node):
+        return model
+    from amct_targets.graph.einsum import einsum_to_matmul
+
+    graph_def = model.copy_graph_def()
+    for node in graph_def.node:
+        spec = specs.get(node.name)
+        if node.op == "Placeholder" and spec is not None and spec.shape:
+            dims = node.attr["shape"].shape
+            dims.unknown_rank = False
+            del dims.dim[:]
+            for i, size in enumerate(spec.shape):
+                dims.dim.add().size = -1 if i == 0 or size is None else int(size)
+    rewritten, notes = einsum_to_matmul(graph_def, model.source)
+    kept = [n for n in model.notes if not n.startswith("Einsum '")]
+    return model.replace(graph_def=rewritten, notes=tuple(kept + notes))

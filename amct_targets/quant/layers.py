@@ -100,7 +100,13 @@ def find_layers(model: Model, profile, *, layouts: Mapping = LAYOUTS, skip_layer
     index = GraphIndex(model.graph_def)
     rules = profile.data.get("quantizable_ops", {})
     layers, skipped = [], []
+    kept = {n.split("'")[1]: n for n in model.notes if n.startswith("Einsum '")}
     for node in model.graph_def.node:
+        if node.op == "Einsum":  # kept by the load-time rewrite: AMCT quantizes no Einsum
+            skipped.append(Skipped(node.name, node.op, kept.get(node.name, "an Einsum") +
+                                   "; only its MatMul/BatchMatMul form quantizes (give static "
+                                   "sizes but the batch with --input-shape)"))
+            continue
         if node.op not in rules and node.op not in layouts:
             continue
         found = _qualify(node, index, rules, layouts, skip_layers, skip_layer_types, profile)
@@ -135,7 +141,29 @@ def _qualify(node, index: GraphIndex, rules, layouts, skip_layers, skip_layer_ty
     if layout.weight_index is None and node.attr.get("data_format") is not None and \
             node.attr["data_format"].s not in (b"", b"NHWC"):
         return f"data_format {node.attr['data_format'].s.decode()}; only NHWC pools quantize"
-    return resolve_layer(index, node, layouts)
+    found = resolve_layer(index, node, layouts)
+    if isinstance(found, str) and layout.weight_index is not None:
+        producer = index.producer(node, layout.weight_index)
+        if producer is not None and producer.op != "Const" and _reads_inputs(index, producer):
+            return (f"both operands are activations ({node.op} of two tensors, e.g. attention "
+                    "scores or values): AMCT quantizes such a layer only with symmetric INT8 "
+                    "on both inputs, which this build does not emit; left in float")
+    return found
+
+
+def _reads_inputs(index: GraphIndex, start) -> bool:
+    """Whether a model input (Placeholder) reaches `start`: an activation, not a weight
+    computed from Consts."""
+    seen, stack = set(), [start]
+    while stack:
+        node = stack.pop()
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op in ("Placeholder", "PlaceholderWithDefault"):
+            return True
+        stack.extend(index.nodes.get(i.split(":")[0].lstrip("^")) for i in node.input)
+    return False
 
 
 def claimed_layers(model: Model, config: Mapping[str, Any], layouts: Mapping = LAYOUTS

@@ -1,0 +1,380 @@
+"""The model zoo: real architectures nobody here wrote, built for every target.
+
+    python benchmarks/model_zoo.py [--models a,b,...] [--targets all] [--memory]
+
+Per model (random weights, BatchNorm statistics set by a training-mode pass over crops of
+scikit-learn's sample photos; keras-hub backbones built from configs, no presets):
+- build ok for every target, wall time and peak RSS of the build process;
+- compute ops (Conv2D, DepthwiseConv2dNative, MatMul, BatchMatMul*, AvgPool, ...) INT8 / total in
+  each emitted .pb, and any compute op neither INT8 nor reported as float with a reason;
+- BatchNorms folded / left (with the reasons), ATC-check errors and warnings;
+- SQNR and cosine of the simulated INT8 .pb against float on held-out crops;
+- TFLite full-integer PTQ (int8 builtins, float I/O) on the same calibration data: its SQNR.
+Each model runs under `flock /tmp/amct-heavy.lock` (one heavy job at a time on a shared
+machine), each of its phases in its own process: `prepare` builds and saves the model and
+data, `ours` runs amct-targets on the saved file, `tflite` runs the TFLite converter on it. `--memory` adds a one-target build
+of VGG16 to compare with the all-target build and the TFLite converter.
+
+Results: benchmarks/results/model_zoo.json and model_zoo.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+RESULTS = HERE / "results"
+CALIB, HELD_OUT = 32, 32
+LOCK = "/tmp/amct-heavy.lock"
+
+# name: (source, builder, input size, pixel scale the model expects)
+ZOO = {
+    "MobileNetV2": ("keras.applications", "MobileNetV2", 96, "symmetric"),
+    "MobileNetV3Small": ("keras.applications", "MobileNetV3Small", 96, "raw"),
+    "ResNet50V2": ("keras.applications", "ResNet50V2", 64, "symmetric"),
+    "EfficientNetB0": ("keras.applications", "EfficientNetB0", 64, "raw"),
+    "DenseNet121": ("keras.applications", "DenseNet121", 64, "unit"),
+    "NASNetMobile": ("keras.applications", "NASNetMobile", 96, "symmetric"),
+    "ConvNeXtTiny": ("keras.applications", "ConvNeXtTiny", 64, "raw"),
+    "RegNetX002": ("tf_keras.applications", "RegNetX002", 64, "raw"),
+    "VGG16": ("keras.applications", "VGG16", 96, "symmetric"),
+    "Xception": ("keras.applications", "Xception", 96, "symmetric"),
+    "keras_hub_ViT": ("keras_hub", "ViTBackbone", 32, "symmetric"),
+    "keras_hub_BERT": ("keras_hub", "BertBackbone", 16, "tokens"),
+    "tiny_vit": ("zoo_small", "tiny_vit", 32, "unit"),
+    "grouped_conv_net": ("zoo_small", "grouped_conv_net", 32, "unit"),
+    "avgpool_net": ("zoo_small", "avgpool_net", 32, "unit"),
+}
+BERT = dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
+            intermediate_dim=128, max_sequence_length=32, dropout=0.0)
+VIT = dict(image_shape=(32, 32, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=64,
+           mlp_dim=128)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_data(name: str, samples: int, seed: int):
+    from zoo_small import photo_crops
+
+    source, _, size, scale = ZOO[name]
+    if scale == "tokens":
+        rng = np.random.default_rng(seed)
+        mask = np.ones((samples, size), np.int32)
+        for row, length in enumerate(rng.integers(size // 2, size + 1, samples)):
+            mask[row, length:] = 0
+        return {"token_ids": rng.integers(1, BERT["vocabulary_size"], (samples, size))
+                .astype(np.int32) * mask, "padding_mask": mask,
+                "segment_ids": (np.arange(size)[None] >= size // 2).astype(np.int32)
+                .repeat(samples, 0) * mask}
+    return photo_crops(samples, size, seed=seed, scale=scale)
+
+
+def build_model(name: str):
+    from zoo_small import set_bn_statistics
+
+    source, builder, size, _ = ZOO[name]
+    if source == "zoo_small":
+        import zoo_small
+
+        return set_bn_statistics(getattr(zoo_small, builder)(image=size),
+                                 make_data(name, 64, seed=7))
+    if source == "keras_hub":
+        import keras
+        import keras_hub
+
+        keras.utils.set_random_seed(0)
+        return (keras_hub.models.BertBackbone(**BERT) if builder == "BertBackbone"
+                else keras_hub.models.ViTBackbone(**VIT))
+    module = __import__(source.split(".")[0])
+    module.utils.set_random_seed(0)
+    model = getattr(module.applications, builder)(weights=None, input_shape=(size, size, 3),
+                                                  classes=10)
+    return set_bn_statistics(model, make_data(name, 64, seed=7))
+
+
+def phase_prepare(name: str, work: Path) -> dict:
+    model = build_model(name)
+    calib, held_out = make_data(name, CALIB, 1), make_data(name, HELD_OUT, 2)
+    as_dict = lambda d: d if isinstance(d, dict) else {"x": d}  # noqa: E731
+    reference = model(held_out, training=False)
+    import tensorflow as tf
+
+    flat = [np.asarray(t) for t in tf.nest.flatten(reference)]
+    np.savez(work / "calib.npz", **as_dict(calib))
+    np.savez(work / "held_out.npz", **as_dict(held_out))
+    np.savez(work / "reference.npz", *flat)
+    if ZOO[name][0].startswith("tf_keras"):
+        tf.saved_model.save(model, str(work / "model_saved"))
+        source = work / "model_saved"
+    else:
+        model.save(work / "model.keras")
+        source = work / "model.keras"
+    return {"source": source.name, "params": int(model.count_params())}
+
+
+def _load_npz(path: Path):
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    return arrays["x"] if list(arrays) == ["x"] else arrays
+
+
+def _input_shapes(name: str, calib) -> dict | None:
+    if isinstance(calib, dict):
+        return {k: (1,) + v.shape[1:] for k, v in calib.items()}
+    return None
+
+
+def phase_ours(name: str, work: Path, targets: str, source: str) -> dict:
+    import amct_targets as at
+    from amct_targets.graph.load import read_graph_def
+    from zoo_small import compute_op_status, sqnr_cosine
+
+    calib = _load_npz(work / "calib.npz")
+    out = work / f"out_{targets}"
+    start = time.perf_counter()
+    reports = at.build(str(work / source), "all" if targets == "all" else targets,
+                       calib=work / "calib.npz", output_dir=out,
+                       input_shapes=_input_shapes(name, calib))
+    result = {"seconds": round(time.perf_counter() - start, 1),
+              "peak_rss_mb": round(peak_rss_mb()), "targets": {}}
+    held_out = _load_npz(work / "held_out.npz")
+    with np.load(work / "reference.npz") as data:
+        reference = np.concatenate([data[k].ravel() for k in sorted(data.files,
+                                   key=lambda k: int(k.split("_")[1]))])
+    for target, report in reports.items():
+        pb = out / target / report["artifacts"]["pb"]
+        graph_def = read_graph_def(pb, importable=False)
+        status = compute_op_status(graph_def, report)
+        fold = next(p for p in report["passes"] if p["name"] == "fold_bn")
+        left = [f"{x['layer']}: {x['reason']}" for x in fold.get("layers") or []
+                if isinstance(x, dict) and x.get("status") not in ("folded", None)]
+        folded = [x for x in fold.get("layers") or [] if isinstance(x, dict)
+                  and x.get("status") == "folded"]
+        simulate = at.load_simulation(pb, report["outputs"])  # the model's output order
+        outputs = simulate(held_out)
+        values = list(outputs.values()) if isinstance(outputs, dict) else [outputs]
+        sqnr, cosine = sqnr_cosine(reference, np.concatenate([np.ravel(v) for v in values]))
+        result["targets"][target] = {
+            "compute_ops": sum(len(v) for v in status.values()),
+            "int8": len(status["int8"]),
+            "float_reported": [f"{n} ({op}): {r}" for n, op, r in status["reported"]],
+            "unreported": [f"{n} ({op})" for n, op in status["unreported"]],
+            "bn_folded": len(folded), "bn_left": left,
+            "atc_errors": [c for c in report["checks"] if c.get("severity") == "error"],
+            "atc_warnings": len([c for c in report["checks"]
+                                 if c.get("severity") == "warning"]),
+            "sqnr_db": round(sqnr, 2), "cosine": round(cosine, 6)}
+    return result
+
+
+def phase_tflite(name: str, work: Path, source: str) -> dict:
+    import tensorflow as tf
+    from zoo_small import sqnr_cosine
+
+    calib = _load_npz(work / "calib.npz")
+    held_out = _load_npz(work / "held_out.npz")
+    start = time.perf_counter()
+    saved = work / source
+    if source.endswith(".keras"):
+        import keras
+
+        saved = work / "tflite_saved"
+        keras.models.load_model(work / source, compile=False).export(str(saved), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    count = len(next(iter(calib.values()))) if isinstance(calib, dict) else len(calib)
+
+    def representative():
+        for i in range(count):
+            if isinstance(calib, dict):
+                yield {k: v[i:i + 1] for k, v in calib.items()}
+            else:
+                yield [calib[i:i + 1]]
+
+    converter.representative_dataset = representative
+    flatbuffer = converter.convert()
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    runner = interpreter.get_signature_runner()
+    names = list(runner.get_input_details())
+    outputs = []
+    for i in range(count if not isinstance(held_out, dict) else len(held_out[names[0]])):
+        feeds = ({k: v[i:i + 1] for k, v in held_out.items()} if isinstance(held_out, dict)
+                 else {names[0]: held_out[i:i + 1]})
+        result = runner(**feeds)
+        outputs.append([result[k] for k in sorted(result)])
+    flat = np.concatenate([np.concatenate([o[j] for o in outputs]).ravel()
+                           for j in range(len(outputs[0]))])
+    with np.load(work / "reference.npz") as data:
+        reference = np.concatenate([data[k].ravel() for k in sorted(data.files,
+                                   key=lambda k: int(k.split("_")[1]))])
+    sqnr, cosine = sqnr_cosine(reference, flat)
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss), "sqnr_db": round(sqnr, 2),
+            "cosine": round(cosine, 6)}
+
+
+def child(args) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.phase == "all":
+        result = run_model(args.model, args.targets, args.memory, args.timeout)
+        print("RESULT " + json.dumps(result, default=str))
+        return
+    work = Path(args.work)
+    if args.phase == "prepare":
+        result = phase_prepare(args.model, work)
+    elif args.phase == "tflite":
+        result = phase_tflite(args.model, work, args.source)
+    else:
+        result = phase_ours(args.model, work, args.targets, args.source)
+    print("RESULT " + json.dumps(result, default=str))
+
+
+def run_phase(model: str, phase: str, work: Path, timeout: int, **extra) -> dict:
+    """One phase in its own process (its own peak RSS); the caller holds the heavy lock."""
+    argv = ["timeout", str(timeout), sys.executable, __file__, "--child", "--model", model,
+            "--phase", phase, "--work", str(work)]
+    for key, value in extra.items():
+        argv += [f"--{key}", str(value)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"error": f"exit {done.returncode}: {tail[:400]}"}
+
+
+def run_model(name: str, targets: str, memory: bool, timeout: int) -> dict:
+    """All phases of one model, inside one hold of the heavy lock."""
+    work = Path(tempfile.mkdtemp(prefix=f"zoo_{name}_"))
+    entry = {"model": name, "input": ZOO[name][2]}
+    prep = run_phase(name, "prepare", work, timeout)
+    entry["prepare"] = prep
+    if "error" in prep:
+        return entry
+    entry["ours"] = run_phase(name, "ours", work, timeout, targets=targets,
+                              source=prep["source"])
+    if memory:
+        entry["ours_one_target"] = run_phase(name, "ours", work, timeout, targets="ascend310",
+                                             source=prep["source"])
+    entry["tflite"] = run_phase(name, "tflite", work, timeout, source=prep["source"])
+    return entry
+
+
+def run_locked(name: str, args) -> dict:
+    argv = ["flock", LOCK, sys.executable, __file__, "--child", "--model", name, "--phase",
+            "all", "--targets", args.targets, "--timeout", str(args.timeout)]
+    if args.memory and name == "VGG16":
+        argv.append("--memory")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"model": name, "input": ZOO[name][2],
+            "prepare": {"error": f"exit {done.returncode}: {done.stderr.strip()[-400:]}"}}
+
+
+def summary_row(entry: dict) -> dict:
+    ours, tfl = entry.get("ours", {}), entry.get("tflite", {})
+    if "targets" not in ours:
+        return {"build": "FAILED " + str(ours.get("error") or entry["prepare"].get("error"))}
+    per = list(ours["targets"].values())
+    return {"build": f"ok {len(per)} targets", "seconds": ours["seconds"],
+            "peak_rss_mb": ours["peak_rss_mb"],
+            "int8": f"{min(t['int8'] for t in per)}/{per[0]['compute_ops']}",
+            "float_reported": len(per[0]["float_reported"]),
+            "unreported": max(len(t["unreported"]) for t in per),
+            "bn": f"{per[0]['bn_folded']} folded / {len(per[0]['bn_left'])} left",
+            "atc_errors": sum(len(t["atc_errors"]) for t in per),
+            "sqnr_db": min(t["sqnr_db"] for t in per), "cosine": min(t["cosine"] for t in per),
+            "tflite_sqnr_db": tfl.get("sqnr_db", tfl.get("error")),
+            "tflite_peak_rss_mb": tfl.get("peak_rss_mb")}
+
+
+def write_results(entries: list[dict]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "model_zoo.json").write_text(json.dumps(entries, indent=1, default=str) + "\n")
+    lines = ["# Model zoo: every architecture built for every target", "",
+             "Random weights, BN statistics from training-mode passes over photo crops; "
+             f"{CALIB} calibration and {HELD_OUT} held-out samples; SQNR/cosine of the "
+             "simulated INT8 model vs float (worst target). Reproduce: "
+             "`python benchmarks/model_zoo.py --memory`.", "",
+             "| model | input | build | s | peak RSS MB | INT8/compute ops | float (reported) | "
+             "unreported | BN | ATC errors | SQNR dB | cosine | TFLite SQNR dB | "
+             "TFLite peak MB |", "|" + "---|" * 14]
+    for entry in entries:
+        row = summary_row(entry)
+        cells = [entry["model"], entry["input"], row.get("build"), row.get("seconds"),
+                 row.get("peak_rss_mb"), row.get("int8"), row.get("float_reported"),
+                 row.get("unreported"), row.get("bn"), row.get("atc_errors"),
+                 row.get("sqnr_db"), row.get("cosine"), row.get("tflite_sqnr_db"),
+                 row.get("tflite_peak_rss_mb")]
+        lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    lines += ["", "## Float compute ops and BatchNorms left, with the report's reasons", ""]
+    for entry in entries:
+        targets = entry.get("ours", {}).get("targets", {})
+        if not targets:
+            continue
+        first = next(iter(targets.values()))
+        reasons = sorted({r.split(": ", 1)[-1] for r in first["float_reported"]})
+        bn = sorted({r.split(": ", 1)[-1] for r in first["bn_left"]})
+        if reasons or bn:
+            lines.append(f"- **{entry['model']}**: float: {reasons or 'none'}; BN left: "
+                         f"{bn or 'none'}")
+    memory = [e for e in entries if "ours_one_target" in e]
+    if memory:
+        lines += ["", "## Memory (peak RSS of the build process, MB)", "",
+                  "| model | one target | all targets | all/one | TFLite converter | "
+                  "one/TFLite |", "|---|---|---|---|---|---|"]
+        for e in memory:
+            one, every = e["ours_one_target"].get("peak_rss_mb"), e["ours"].get("peak_rss_mb")
+            tfl = e["tflite"].get("peak_rss_mb")
+            ratio = lambda a, b: f"{a / b:.2f}" if a and b else ""  # noqa: E731
+            lines.append(f"| {e['model']} | {one} | {every} | {ratio(every, one)} | {tfl} | "
+                         f"{ratio(one, tfl)} |")
+    (RESULTS / "model_zoo.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(ZOO))
+    parser.add_argument("--targets", default="all")
+    parser.add_argument("--memory", action="store_true", help="one-target VGG16 build too")
+    parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    entries = []
+    previous = {}
+    if (RESULTS / "model_zoo.json").exists():
+        previous = {e["model"]: e for e in json.loads((RESULTS / "model_zoo.json").read_text())}
+    for name in args.models.split(","):
+        entries.append(run_locked(name, args))
+        print(json.dumps({name: summary_row(entries[-1])}), flush=True)
+        merged = dict(previous, **{e["model"]: e for e in entries})
+        write_results([merged[n] for n in ZOO if n in merged])
+
+
+if __name__ == "__main__":
+    main()
