@@ -155,7 +155,10 @@ def test_retraining_from_the_cli_with_train_npz_shows_progress_only_on_a_termina
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     report = json.loads(run.stdout)["targets"][0]
-    assert step(report, "qat")["metrics"]["train_steps"] == 8  # 256 samples / batch 32
+    metrics = step(report, "qat")["metrics"]
+    # 256 samples: 51 held out for validation (20% of each class), 205 in 7 batches of 32
+    assert metrics["epochs_run"] == 1 and metrics["train_steps"] == 7
+    assert metrics["history"]["validation_samples"] == 51
 
 
 def test_missing_labels_in_train_npz_is_one_clear_error(tmp_path, demo_pb_module, digits):
@@ -203,7 +206,7 @@ def test_qat_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["status"] == "ran"
-    assert result["steps"] == 22  # 1347 samples in global batches of 64
+    assert result["steps"] == 22 - 4  # 22 global batches of 64, the first 4 for validation
     assert result["accuracy"] >= 0.96
 
 

@@ -21,7 +21,7 @@ from amct_targets.retrain.trainable import TrainableGraph
 
 SPARSE_OPS = ("Conv2D", "MatMul", "Conv2DBackpropInput")   # AMCT's 4:2 layer types
 GROUP, KEEP = 4, 2
-DEFAULTS = {"learning_rate": 1e-3}
+DEFAULTS = {"learning_rate": 3e-3}
 
 
 def mask_4of2(weights: np.ndarray, cin_axis: int) -> np.ndarray:

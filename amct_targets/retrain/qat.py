@@ -23,7 +23,7 @@ from amct_targets.retrain.train import TRAIN_OPTIONS_SCHEMA
 from amct_targets.retrain.trainable import TrainableGraph
 
 INIT_SAMPLES = 256
-QAT_DEFAULTS = {"learning_rate": 2e-5}
+QAT_DEFAULTS = {"learning_rate": 1e-4}
 
 
 def fake_quant_weights(cout_axes: tuple[int, ...], channel_wise: bool):

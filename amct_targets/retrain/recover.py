@@ -125,7 +125,11 @@ def _refuse_harm(history, record, where, what, monitor: Monitor, opts) -> None:
     start, trained = history["val_metric"][0], history["val_metric"][1:]
     best = max(trained) if monitor.higher_is_better else min(trained)
     if record["val_metric_name"] == "top1":
-        worse = best < start - record["budget_points"] / 100.0
+        # Harm, not noise: worse by more than the budget and than two standard errors of
+        # top-1 on this many validation samples (2 of 270 samples is 0.74 points).
+        samples = max(1, record["validation_samples"] or 1)
+        noise = 2.0 * np.sqrt(max(start * (1.0 - start), 1.0 / samples) / samples)
+        worse = best < start - max(record["budget_points"] / 100.0, noise)
         text = f"validation top-1 {100 * start:.2f}% before, at best {100 * best:.2f}% after"
     else:
         worse = best > start
