@@ -156,9 +156,9 @@ def test_retraining_from_the_cli_with_train_npz_shows_progress_only_on_a_termina
     assert run.stderr == ""
     report = json.loads(run.stdout)["targets"][0]
     metrics = step(report, "qat")["metrics"]
-    # 256 samples: 51 held out for validation (20% of each class), 205 in 7 batches of 32
+    # 256 samples: 50 held out for validation (20% of each class), 206 in 7 batches of 32
     assert metrics["epochs_run"] == 1 and metrics["train_steps"] == 7
-    assert metrics["history"]["validation_samples"] == 51
+    assert metrics["history"]["validation_samples"] == 50
 
 
 def test_missing_labels_in_train_npz_is_one_clear_error(tmp_path, demo_pb_module, digits):
@@ -233,7 +233,10 @@ def test_channel_pruning_removes_channels_and_reports_exact_flops(tmp_path, demo
     assert entry["metrics"]["flops_cut_percent"] >= 25
     weights = [c for c in costs.values() if c.op == "Conv2D"]
     assert sorted(c.output_shape[-1] for c in weights) == [12, 23]
-    assert accuracy(tmp_path / "ascend310" / "digits_cnn.pb", digits) >= fp32_accuracy - 0.05
+    # early stopping: back within 0.5 points of the float validation top-1, then stop
+    history = entry["metrics"]["history"]
+    assert history["val_metric"][history["best_epoch"]] >= history["target_metric"]
+    assert accuracy(tmp_path / "ascend310" / "digits_cnn.pb", digits) >= fp32_accuracy - 0.06
 
 
 def test_ascend_optimized_aligns_kept_channels_to_the_profile_multiple(demo_pb_module, digits):
