@@ -20,7 +20,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from typing import Any, Iterable, Mapping  # noqa: E402
 
 from amct_targets.errors import (  # noqa: E402
-    AmctError, ConfigError, ModelError, PlanError, PluginError, ProfileError,
+    AmctError, ConfigError, ModelError, PlanError, PluginError, ProfileError, RetrainError,
 )
 from amct_targets.accuracy.budget import AccuracyEvaluator  # noqa: E402
 from amct_targets.hooks import hookimpl  # noqa: E402
@@ -28,7 +28,7 @@ from amct_targets.hooks import hookimpl  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["list_targets", "load_target", "plan", "build", "check", "load_simulation",
            "hookimpl", "AmctError", "ConfigError", "ModelError", "PlanError", "PluginError",
-           "ProfileError", "AccuracyEvaluator", "__version__"]
+           "ProfileError", "RetrainError", "AccuracyEvaluator", "__version__"]
 
 
 def list_targets(*, plugins: Iterable[str] = (), targets_dirs: Iterable[str] = ()) -> list[str]:

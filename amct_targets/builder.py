@@ -103,6 +103,8 @@ def run_plan(session, model: Model, profile, plan: Plan, config, data, folder: P
                 entry["metrics"] = ctx.report.metrics
             if ctx.report.notes:
                 entry["notes"] = ctx.report.notes
+            if ctx.report.warnings:
+                entry["warnings"] = entry.get("warnings", []) + ctx.report.warnings
             if ctx.report.artifacts:
                 entry["artifacts"] = dict(ctx.report.artifacts)
         entries.append(entry)

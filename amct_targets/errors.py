@@ -27,6 +27,10 @@ class PluginError(AmctError):
     """A plugin failed to load, validate or run; the message names the plugin."""
 
 
+class RetrainError(AmctError):
+    """Retraining made the model worse than where it started; the message names the pass."""
+
+
 class OutputError(AmctError):
     """The output folder cannot be used: it overlaps an input, or cannot be written."""
 

@@ -3,6 +3,9 @@
 - `digits_cnn`: a plain CNN on 8x8x1 digits (Conv+BN+ReLU, depthwise, Dense).
 - `digits_mobilenet`: a MobileNetV2-style network (inverted residual blocks with depthwise
   convs, Relu6, residual Adds) on digits upsampled to 32x32x3.
+- `digits_cnn_narrow`: another depth, width and seed (two narrow convs, a wider Dense).
+- `digits_cnn_softmax`: the plain CNN's architecture ending in a Softmax (probabilities out),
+  trained with another seed.
 
 Trained Keras models are cached under benchmarks/.cache/ (git-ignored); delete it to retrain.
 """
@@ -52,6 +55,30 @@ def build_cnn():
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
+def build_cnn_narrow():
+    import keras
+
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(24, 3, padding="same")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(96, activation="relu")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="digits_cnn_narrow")
+
+
+def build_cnn_softmax():
+    import keras
+
+    base = build_cnn()
+    outputs = keras.layers.Softmax(name="probabilities")(base.output)
+    return keras.Model(base.input, outputs, name="digits_cnn_softmax")
+
+
 def _inverted_residual(x, expand: int, out: int, stride: int, name: str):
     import keras
 
@@ -88,9 +115,12 @@ def build_mobilenet():
     return keras.Model(inputs, outputs, name="digits_mobilenet")
 
 
+# name: (builder, data arguments, epochs, seed, the model outputs probabilities)
 MODELS = {
-    "digits_cnn": (build_cnn, {"size": 8, "channels": 1}, 40),
-    "digits_mobilenet": (build_mobilenet, {"size": 32, "channels": 3}, 40),
+    "digits_cnn": (build_cnn, {"size": 8, "channels": 1}, 40, SEED, False),
+    "digits_mobilenet": (build_mobilenet, {"size": 32, "channels": 3}, 40, SEED, False),
+    "digits_cnn_narrow": (build_cnn_narrow, {"size": 8, "channels": 1}, 40, 1, False),
+    "digits_cnn_softmax": (build_cnn_softmax, {"size": 8, "channels": 1}, 40, 2, True),
 }
 
 
@@ -98,16 +128,16 @@ def trained(name: str):
     """(keras model, data tuple) for `name`, trained once with fixed seeds and cached."""
     import keras
 
-    build, data_args, epochs = MODELS[name]
+    build, data_args, epochs, seed, probabilities = MODELS[name]
     data = digits_data(**data_args)
     path = CACHE / f"{name}.keras"
     if path.exists():
         return keras.models.load_model(path, compile=False), data
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     model = build()
     x_train, y_train, _, _ = data
     model.compile(optimizer=keras.optimizers.Adam(2e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     model.save(path)

@@ -36,6 +36,8 @@ def add_accuracy_inputs(session, model: Model, config: dict, where: str, data: d
         return
     if budget is None:
         return
+    if "evaluation" not in data and "training" in data and budget.needs_labels:
+        return   # the budget governs retraining alone, on its validation split of --train
     if "evaluation" not in data:
         raise ConfigError(f"{where}: accuracy: the budget ({budget.describe()}) is measured on "
                           "evaluation data; give --eval F.npz (inputs keyed like --calib, "

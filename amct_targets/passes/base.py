@@ -54,6 +54,7 @@ class PassReport:
 
     layers: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown beside the plan's warnings
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # key -> file in the target folder
 

@@ -21,10 +21,10 @@ from amct_targets.graph.pattern import GraphIndex
 from amct_targets.pruning.channel_groups import prunable_layers
 from amct_targets.pruning.ranking import balanced_l2_norm_scores, kept_channels
 from amct_targets.pruning.surgery import prune_output_channels, zero_pruned_channels
-from amct_targets.retrain.train import fit, options
+from amct_targets.retrain.recover import retrain
 from amct_targets.retrain.trainable import TrainableGraph
 
-DEFAULTS = {"epochs": 2, "learning_rate": 1e-3}
+DEFAULTS = {"learning_rate": 1e-3}
 
 
 def _mask(edit, kept, channels, shape) -> np.ndarray:
@@ -80,10 +80,9 @@ def prune(model: Model, ctx) -> Model:
         for edit in group.output_side_edits:
             shape = index.const_value(index.nodes[edit.const]).shape
             masks[edit.const] = _mask(edit, kept[layer], group.channels, shape)
-    opts = options(ctx.config, DEFAULTS)
-    trainable, history = fit(
-        lambda: TrainableGraph(masked, sorted(groups), const_masks=masks),
-        masked, ctx.training, opts, progress=ctx.progress)
+    trainable, _history = retrain(
+        ctx, "prune_channels", lambda: TrainableGraph(masked, sorted(groups), const_masks=masks),
+        masked, DEFAULTS, reference_model=model, what="pruning retraining")
     trained = zero_pruned_channels(trainable.export(), kept, groups)
     pruned = prune_output_channels(trained, kept, groups)
     after = count_layers(pruned, layouts=ctx.layouts)
@@ -106,7 +105,5 @@ def prune(model: Model, ctx) -> Model:
         pruned_layers=len(kept), params_before=t_before.params, params_after=t_after.params,
         flops_before=t_before.flops, flops_after=t_after.flops,
         flops_cut_percent=percent_cut(t_before.flops, t_after.flops),
-        params_cut_percent=percent_cut(t_before.params, t_after.params),
-        train_loss=[round(x, 5) for x in history["loss"]], train_steps=history["steps"],
-        train_seconds=history["seconds"])
+        params_cut_percent=percent_cut(t_before.params, t_after.params))
     return pruned

@@ -16,12 +16,12 @@ import numpy as np
 from amct_targets.graph.layout import LAYOUTS, Layer, resolve_layer
 from amct_targets.graph.model import Model
 from amct_targets.graph.pattern import GraphIndex
-from amct_targets.retrain.train import fit, options
+from amct_targets.retrain.recover import retrain
 from amct_targets.retrain.trainable import TrainableGraph
 
 SPARSE_OPS = ("Conv2D", "MatMul", "Conv2DBackpropInput")   # AMCT's 4:2 layer types
 GROUP, KEEP = 4, 2
-DEFAULTS = {"epochs": 2, "learning_rate": 1e-4}
+DEFAULTS = {"learning_rate": 3e-3}
 
 
 def mask_4of2(weights: np.ndarray, cin_axis: int) -> np.ndarray:
@@ -103,9 +103,9 @@ def sparsify(model: Model, ctx) -> Model:
             trainable.masks[trained.name].assign(
                 mask_4of2(values[trained.weight_const], by_name[trained.name].cin_axis))
 
-    trainable, history = fit(build, model, ctx.training, options(ctx.config, DEFAULTS),
-                             transform=transform, progress=ctx.progress,
-                             every_n_steps=(freq, update_masks) if freq else None)
+    trainable, _history = retrain(ctx, "sparsify_4of2", build, model, DEFAULTS,
+                                  transform=transform, what="4:2 retraining",
+                                  every_n_steps=(freq, update_masks) if freq else None)
     final = {n: trainable.masks[n].numpy() for n in initial}
     sparse = trainable.export(lambda name, w: w * final[name])
     sparse_index = GraphIndex(sparse.graph_def)
@@ -121,7 +121,5 @@ def sparsify(model: Model, ctx) -> Model:
     ctx.report.metrics.update(
         sparse_layers=len(layers), dense_layers=len(left),
         groups_over_2_nonzeros=sum(e.get("groups_over_2_nonzeros", 0)
-                                   for e in ctx.report.layers),
-        train_loss=[round(x, 5) for x in history["loss"]], train_steps=history["steps"],
-        train_seconds=history["seconds"])
+                                   for e in ctx.report.layers))
     return sparse.replace(weight_masks=masks)

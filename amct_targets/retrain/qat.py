@@ -18,11 +18,12 @@ from amct_targets.quant.calibrate import calibrate
 from amct_targets.quant.config import QuantSettings
 from amct_targets.quant.int8 import finish_int8, quantize_weights, select_int8_layers
 from amct_targets.quant.rewrite import LayerQuant
-from amct_targets.retrain.train import TRAIN_OPTIONS_SCHEMA, fit, options
+from amct_targets.retrain.recover import retrain
+from amct_targets.retrain.train import TRAIN_OPTIONS_SCHEMA
 from amct_targets.retrain.trainable import TrainableGraph
 
 INIT_SAMPLES = 256
-QAT_DEFAULTS = {"epochs": 2, "learning_rate": 2e-5}
+QAT_DEFAULTS = {"learning_rate": 1e-4}
 
 
 def fake_quant_weights(cout_axes: tuple[int, ...], channel_wise: bool):
@@ -94,10 +95,9 @@ def quantization_aware_training(model: Model, ctx) -> Model:
     def transform(name, weights):
         return quantizers[name](apply_mask(name, weights))
 
-    opts = options(ctx.config, QAT_DEFAULTS)
-    trainable, history = fit(
-        lambda: TrainableGraph(model, [q.layer for q in layers], act_ranges=ranges),
-        model, ctx.training, opts, transform=transform, progress=ctx.progress)
+    trainable, _history = retrain(
+        ctx, "qat", lambda: TrainableGraph(model, [q.layer for q in layers], act_ranges=ranges),
+        model, QAT_DEFAULTS, transform=transform, what="quantization-aware training")
     trained = trainable.export(apply_mask)
     learned = trainable.activation_ranges()
     values = trainable.values()
@@ -109,6 +109,4 @@ def quantization_aware_training(model: Model, ctx) -> Model:
         quants.append(LayerQuant(layer, scale_d, offset_d, np.asarray(result.scale, np.float32),
                                  result.quantized))
         selection.params[layer.name]["activation"]["act_algo"] = "ulq_quantize"
-    ctx.report.metrics.update(train_loss=[round(x, 5) for x in history["loss"]],
-                              train_steps=history["steps"], train_seconds=history["seconds"])
     return finish_int8(trained, selection, quants, ctx, first, stats)

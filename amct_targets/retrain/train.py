@@ -5,11 +5,15 @@ Training data: {input name: array, "y": labels} (from `--train F.npz`) or, from 
 section, or from Python objects. Any `tf.distribute` strategy works: variables are created in
 its scope and each step runs through `strategy.run`, so retraining scales to several devices
 and workers on TensorFlow's own engine.
+
+With a `Monitor`, every epoch ends with a validation pass: the best epoch's variables (epoch 0
+is the compressed model before any step) are kept, and training stops early when the metric
+reaches the monitor's target or has not improved for `patience` epochs (retrain/recover.py).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -17,7 +21,8 @@ import numpy as np
 from amct_targets.errors import ConfigError
 from amct_targets.retrain.options import TRAIN_DEFAULTS, TRAIN_OPTIONS_SCHEMA, options
 
-__all__ = ["TRAIN_DEFAULTS", "TRAIN_OPTIONS_SCHEMA", "TrainingData", "fit", "options"]
+__all__ = ["TRAIN_DEFAULTS", "TRAIN_OPTIONS_SCHEMA", "Monitor", "TrainingData", "fit", "options"]
+
 
 @dataclass
 class TrainingData:
@@ -27,6 +32,10 @@ class TrainingData:
     loss: Any = None               # callable(y_true, y_pred) -> per-sample or mean loss
     optimizer: Any = None          # Keras optimizer (cloned per run) or a factory
     strategy: Any = None           # tf.distribute.Strategy
+    validation: Any = None         # {input: array, "y": labels} or Dataset; None: split `data`
+    # float validation metric per (target, validation source): every retraining pass of a
+    # target measures its budget against the model before the first of them
+    references: dict = field(default_factory=dict)
 
     def first_inputs(self, model, count: int) -> dict[str, np.ndarray]:
         """Up to `count` input samples (for calibrating initial quantization ranges)."""
@@ -44,26 +53,48 @@ class TrainingData:
         return {model.inputs[0].name: np.concatenate([np.asarray(c) for c in collected])[:count]}
 
 
-def _dataset(training: TrainingData, model, opts):
+@dataclass
+class Monitor:
+    """Validation after every epoch: `evaluate(trainable) -> (metric, validation loss)`."""
+
+    evaluate: Callable[[Any], tuple[float, float]]
+    higher_is_better: bool
+    target: float | None       # stop once the metric reaches it (after at least one epoch)
+    patience: int
+
+    def better(self, a: tuple[float, float], b: tuple[float, float]) -> bool:
+        """Metric first; on a tie (top-1 on a few hundred samples) the lower loss wins."""
+        if a[0] != b[0]:
+            return (a[0] > b[0]) == self.higher_is_better
+        return a[1] < b[1]
+
+    def reached(self, metric: float) -> bool:
+        if self.target is None:
+            return False
+        return metric >= self.target if self.higher_is_better else metric <= self.target
+
+
+def batched(data, model, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data pipeline of (features, labels) batches from arrays or a dataset."""
     import tensorflow as tf
 
-    if isinstance(training.data, Mapping):
-        inputs = tuple(training.data[s.name] for s in model.inputs)
-        features = inputs[0] if len(inputs) == 1 else {s.name: training.data[s.name]
+    if isinstance(data, Mapping):
+        inputs = tuple(data[s.name] for s in model.inputs)
+        features = inputs[0] if len(inputs) == 1 else {s.name: data[s.name]
                                                        for s in model.inputs}
-        count = len(training.data["y"])
-        return (tf.data.Dataset.from_tensor_slices((features, training.data["y"]))
-                .shuffle(count, seed=opts["seed"], reshuffle_each_iteration=True)
-                .batch(opts["batch_size"]))
-    dataset = training.data
-    spec = dataset.element_spec
+        dataset = tf.data.Dataset.from_tensor_slices((features, data["y"]))
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(len(data["y"]), seed=shuffle_seed,
+                                      reshuffle_each_iteration=True)
+        return dataset.batch(batch_size)
+    spec = data.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ConfigError("training dataset must yield (inputs, labels) pairs")
     first = spec[0] if not isinstance(spec[0], Mapping) else next(iter(spec[0].values()))
     rank = len(model.inputs[0].shape or ())
     if first.shape.rank is not None and first.shape.rank == rank - 1:
-        dataset = dataset.batch(opts["batch_size"])  # an unbatched dataset of samples
-    return dataset
+        data = data.batch(batch_size)  # an unbatched dataset of samples
+    return data
 
 
 def _optimizer(training: TrainingData, opts, total_steps: int | None):
@@ -82,40 +113,53 @@ def _optimizer(training: TrainingData, opts, total_steps: int | None):
     return given.__class__.from_config(given.get_config())  # a fresh copy per retraining
 
 
-def _loss(training: TrainingData, opts) -> Callable:
+def loss_function(training: TrainingData, opts) -> Callable:
     import tensorflow as tf
 
     if training.loss is not None:
         return training.loss
+    from_logits = bool(opts["from_logits"]) if opts["from_logits"] is not None else True
     if opts["loss"] == "mse":
         return lambda y, p: tf.reduce_mean(tf.square(tf.cast(y, p.dtype) - p), axis=-1)
     if opts["loss"] == "categorical_crossentropy":
         return lambda y, p: tf.keras.losses.categorical_crossentropy(
-            y, p, from_logits=opts["from_logits"])
+            y, p, from_logits=from_logits)
     return lambda y, p: tf.keras.losses.sparse_categorical_crossentropy(
-        y, p, from_logits=opts["from_logits"])
+        y, p, from_logits=from_logits)
+
+
+def _state(trainable) -> dict:
+    """Every variable whose value defines the trained model (weights, ranges, moving masks)."""
+    state = dict(trainable.variables)
+    state.update({f"mask:{k}": v for k, v in getattr(trainable, "masks", {}).items()})
+    return state
 
 
 def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mapping[str, Any], *,
         transform=None, progress: Callable[[str], None] = lambda m: None,
-        every_n_steps: tuple[int, Callable] | None = None):
+        every_n_steps: tuple[int, Callable] | None = None, data: Any = None,
+        monitor: Monitor | None = None):
     """Build the trainable view in the strategy's scope and train it.
 
-    Returns (trainable, history) with history = {"loss": per-epoch mean, "steps", "seconds"}.
-    `every_n_steps=(n, fn)` calls fn(trainable) every n steps (mask updates).
+    Returns (trainable, history): history has "loss" (mean per epoch run), "steps", "seconds",
+    and with a monitor "val_metric" and "val_loss" per epoch from 0, "best_epoch",
+    "stopped" (why). The trainable holds the best epoch's values. `data` overrides
+    `training.data` (the training part of a split). `every_n_steps=(n, fn)` calls
+    fn(trainable) every n steps (mask updates).
     """
     import tensorflow as tf
 
     strategy = training.strategy or tf.distribute.get_strategy()
     tf.random.set_seed(opts["seed"])
-    local = _dataset(training, model, opts)
+    local = batched(training.data if data is None else data, model, opts["batch_size"],
+                    shuffle_seed=opts["seed"])
     batches = int(local.cardinality())
     total_steps = batches * opts["epochs"] if batches > 0 else None
     with strategy.scope():
         trainable = trainable_factory()
         optimizer = _optimizer(training, opts, total_steps)
         optimizer.build(trainable.trainable)
-    loss_fn = _loss(training, opts)
+    loss_fn = loss_function(training, opts)
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(features, labels):
@@ -133,8 +177,17 @@ def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mappin
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     dataset = strategy.experimental_distribute_dataset(local)
-    history, steps, started = [], 0, time.perf_counter()
-    for epoch in range(opts["epochs"]):
+    started = time.perf_counter()
+    history: dict[str, Any] = {"loss": [], "steps": 0}
+    state = _state(trainable)
+    best = None
+    if monitor is not None:
+        best = (monitor.evaluate(trainable), 0, {k: v.numpy() for k, v in state.items()})
+        history.update(val_metric=[best[0][0]], val_loss=[best[0][1]], best_epoch=0,
+                       stopped=f"epochs: reached the maximum of {opts['epochs']}")
+        progress(f"before retraining: validation {best[0][0]:.4f}")
+    steps = 0
+    for epoch in range(1, opts["epochs"] + 1):
         losses = []
         for features, labels in dataset:
             losses.append(float(train_step(features, labels)))
@@ -142,10 +195,30 @@ def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mappin
             if every_n_steps and steps % every_n_steps[0] == 0:
                 every_n_steps[1](trainable)
             if steps % 20 == 0:
-                progress(f"epoch {epoch + 1}/{opts['epochs']} step {steps} loss {losses[-1]:.4f}")
+                progress(f"epoch {epoch}/{opts['epochs']} step {steps} loss {losses[-1]:.4f}")
         if not losses:
             raise ConfigError("the training data yielded no batch")
-        history.append(float(np.mean(losses)))
-        progress(f"epoch {epoch + 1}/{opts['epochs']} done, mean loss {history[-1]:.4f}")
-    return trainable, {"loss": history, "steps": steps,
-                       "seconds": round(time.perf_counter() - started, 3)}
+        history["loss"].append(float(np.mean(losses)))
+        history["steps"] = steps
+        if monitor is None:
+            progress(f"epoch {epoch}/{opts['epochs']} done, mean loss {history['loss'][-1]:.4f}")
+            continue
+        measured = monitor.evaluate(trainable)
+        history["val_metric"].append(measured[0])
+        history["val_loss"].append(measured[1])
+        progress(f"epoch {epoch}/{opts['epochs']} done, mean loss {history['loss'][-1]:.4f}, "
+                 f"validation {measured[0]:.4f}")
+        if monitor.better(measured, best[0]):
+            best = (measured, epoch, {k: v.numpy() for k, v in state.items()})
+            history["best_epoch"] = epoch
+        if monitor.reached(measured[0]):
+            history["stopped"] = "the validation metric is back within the budget"
+            break
+        if epoch - best[1] >= monitor.patience:
+            history["stopped"] = f"no improvement for {monitor.patience} epochs (patience)"
+            break
+    if best is not None and best[1] != len(history["loss"]):
+        for key, variable in state.items():
+            variable.assign(best[2][key])
+    history["seconds"] = round(time.perf_counter() - started, 3)
+    return trainable, history
