@@ -257,6 +257,10 @@ def prepare_inputs(session, model_source, *, calib, train, config, input_shapes,
             train, (str, os.PathLike)) else "training data"), loss, optimizer, strategy)
     add_accuracy_inputs(session, model, config, where, data, evaluation, evaluator, calib,
                         planning=planning)
+    held_out = data.get("evaluation")
+    if "training" in data and held_out is not None and held_out.labels is not None:
+        # Labelled --eval data is the retraining passes' validation set (no split of --train).
+        data["training"].validation = {**held_out.inputs, "y": held_out.labels}
     return model, config, where, data
 
 

@@ -165,3 +165,21 @@ def test_input_rescaling_is_not_reported_as_an_unfolded_batchnorm():
     model = load_model(keras.Model(image, x))
     _, folded, left = fold_batch_norm(model)
     assert (folded, left) == ([], [])
+
+
+def test_a_sequential_model_with_an_input_that_was_never_called_loads():
+    """Keras 3: `.input` raises on a Sequential never called; its Input layer still names it."""
+    import keras
+
+    from amct_targets.graph.load import load_model
+
+    keras.utils.set_random_seed(0)
+    seq = keras.Sequential([keras.Input((8, 8, 1), name="image"), keras.layers.Conv2D(4, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(3)], name="seq")
+    model = load_model(seq)
+    assert [s.name for s in model.inputs] == ["image"]
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    from models import run_graph
+
+    (got,) = run_graph(model.graph_def, {"image": x}, model.outputs)
+    assert np.max(np.abs(got - np.asarray(seq(x)))) < 1e-5

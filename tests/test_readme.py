@@ -54,7 +54,7 @@ def _synopsis() -> dict[str, str]:
             joined.append(line)
         elif line.strip() and joined:
             joined[-1] += " " + line.strip()
-    return {line.split()[1]: line for line in joined}
+    return {line.split()[1]: line for line in joined if line.split()[1] != "amct"}
 
 
 @pytest.mark.parametrize("command", ["targets", "passes", "plan", "build", "check", "simulate"])
@@ -224,3 +224,13 @@ def test_the_activation_algorithm_example_is_a_working_plugin(tmp_path):
                                "--config", bad, "--output", tmp_path / "o2",
                                env={"PYTHONPATH": str(tmp_path)})
     assert wrong.returncode == 1 and "minmax" in wrong.stderr
+
+
+def test_the_amct_calibration_synopsis_matches_its_help():
+    (block,) = blocks("sh", "amct-targets amct calibration")
+    text = block[block.index("amct-targets amct calibration"):block.index("amct-targets amct convert")]
+    flags = set(re.findall(r"--[a-z][a-z_]*", text.split("#", 1)[0]))
+    assert {"--model", "--outputs", "--input_shape", "--data_dir", "--save_path"} <= flags
+    run = run_cli_subprocess("amct", "calibration", "--help")
+    assert run.returncode == 0, run.stderr
+    assert sorted(f for f in flags if f not in run.stdout) == []

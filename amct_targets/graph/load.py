@@ -164,7 +164,14 @@ def model_from_keras(keras_model, where="<keras model>", name=None) -> Model:
 
     try:
         structure = keras_model.input
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError):   # a Sequential never called has .inputs only
+        try:
+            structure = keras_model.inputs or None
+        except (AttributeError, ValueError):
+            structure = None
+        if isinstance(structure, (list, tuple)) and len(structure) == 1:
+            structure = structure[0]
+    if structure is None:
         raise ModelError(f"{where}: the Keras model has no defined inputs; build it (call it "
                          "once or give it an Input layer) before compressing") from None
     flat = tf.nest.flatten(structure)

@@ -184,20 +184,7 @@ class GraphRunner:
         pruned = self._wrapped.prune(self.feeds, list(fetch_tensors))
         feeds = self.feeds
 
-        def run(*arrays):
-            if len(arrays) != len(feeds):
-                raise ConfigError(f"{self.where}: {len(arrays)} input arrays for "
-                                  f"{len(feeds)} inputs")
-            checked = [check_feed(a, t, "data") for a, t in zip(arrays, feeds)]
-            try:
-                with tool_run_options():
-                    results = pruned(*[tf.constant(a) for a in checked])
-            except tf.errors.OpError as exc:
-                raise ModelError(f"{self.where}: TensorFlow could not run the graph on this "
-                                 f"data: {_first_line(exc)}") from None
-            return [r.numpy() for r in results]
-
-        return run
+        return _checked_runner(pruned, feeds, self.where)
 
     def __call__(self, *arrays) -> list[np.ndarray]:
         return self._default(*arrays)
@@ -251,13 +238,21 @@ def compile_graph(graph_def, feeds: Sequence[str], extend: Callable, *, ops,
         raise ModelError(f"{where}: TensorFlow cannot import this graph: "
                          f"{_first_line(exc)}") from None
 
+    return _checked_runner(wrapped, placeholders, where)
+
+
+def _checked_runner(function: Callable, tensors: Sequence, where: str) -> Callable:
+    """fn(*arrays) -> numpy results of `function`, each array checked against its input
+    tensor first (rank, sizes, dtype), TensorFlow's run errors as one ModelError."""
+    import tensorflow as tf
+
     def run(*arrays):
-        if len(arrays) != len(placeholders):
-            raise ConfigError(f"{where}: {len(arrays)} input arrays for {len(feeds)} inputs")
-        checked = [check_feed(a, t, "data") for a, t in zip(arrays, placeholders)]
+        if len(arrays) != len(tensors):
+            raise ConfigError(f"{where}: {len(arrays)} input arrays for {len(tensors)} inputs")
+        checked = [check_feed(a, t, "data") for a, t in zip(arrays, tensors)]
         try:
             with tool_run_options():
-                results = wrapped(*[tf.constant(a) for a in checked])
+                results = function(*[tf.constant(a) for a in checked])
         except tf.errors.OpError as exc:
             raise ModelError(f"{where}: TensorFlow could not run the graph on this "
                              f"data: {_first_line(exc)}") from None
