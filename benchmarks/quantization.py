@@ -195,7 +195,8 @@ def child(mode: str, batches: int) -> None:
     import tensorflow as tf
 
     from amct_targets.graph.load import load_model
-    from amct_targets.simulate import graph_runner
+    from amct_targets.graph.run import GraphRunner
+    from amct_targets.hooks.manager import default_ops
 
     import keras
 
@@ -205,7 +206,8 @@ def child(mode: str, batches: int) -> None:
     result = {"mode": mode, "batches": batches}
     if mode == "fp32":
         frozen = load_model(model)
-        run = graph_runner(frozen.graph_def, list(frozen.input_names), list(frozen.outputs))
+        run = GraphRunner(frozen.graph_def, list(frozen.input_names), list(frozen.outputs),
+                          ops=default_ops())
         run(data[:32])  # warm-up, as calibration's first batch also pays graph set-up
         started = time.perf_counter()
         for i in range(batches):
