@@ -100,6 +100,16 @@ def similarity(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]
     return cosine, sqnr
 
 
+def _pair_sums(reference, actual) -> list:
+    """ref.act, ref.ref, act.act and |ref - act|^2 over all elements, in float64."""
+    import tensorflow as tf
+
+    ref = tf.reshape(tf.cast(reference, tf.float64), [-1])
+    act = tf.reshape(tf.cast(actual, tf.float64), [-1])
+    return [tf.reduce_sum(ref * act), tf.reduce_sum(ref * ref), tf.reduce_sum(act * act),
+            tf.reduce_sum(tf.math.squared_difference(ref, act))]
+
+
 def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, np.ndarray],
                    ops) -> dict[str, tuple[float, float]]:
     """Each layer's output in the simulated INT8 model against float, both run on the same
@@ -122,12 +132,11 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
             tensor_name(n): tensor(n) for n in deployed.input_names})
         sums = []
         for f, s in zip(float_names, sim_names):
-            ref = tf.reshape(tf.cast(tensor(f), tf.float64), [-1])
-            act = tf.reshape(tf.cast(graph.get_tensor_by_name(f"sim/{s}"), tf.float64), [-1])
-            sums += [tf.reduce_sum(ref * act), tf.reduce_sum(ref * ref),
-                     tf.reduce_sum(act * act),
-                     tf.reduce_sum(tf.math.squared_difference(ref, act))]
+            sums += pair_sums(tensor(f), graph.get_tensor_by_name(f"sim/{s}"))
         return sums
+
+    # One TF function per distinct shape: the ops are built a few times, not once per layer.
+    pair_sums = tf.function(_pair_sums, autograph=False, reduce_retracing=False)
 
     run = compile_graph(model.graph_def, model.input_names, extend, ops=ops,
                         where=model.source)

@@ -166,8 +166,13 @@ def activation_histogram(layer: QuantLayer) -> Markup | None:
 
     edges, counts = histogram["edges"], histogram["counts"]
     low, high = histogram["clip_min"], histogram["clip_max"]
+    from matplotlib.figure import Figure
+
     with matplotlib.rc_context(RC):
-        fig = _figure(4.2, 2.3)
+        # Fixed margins (the axis labels are fixed strings; the title starts at the figure's
+        # edge): constrained layout took half of this chart's time, and a build draws five.
+        fig = Figure(figsize=(4.2, 2.3))
+        fig.subplots_adjust(left=0.15, right=0.97, top=0.86, bottom=0.2)
         ax = fig.subplots()
         ax.stairs(counts, edges, fill=True, color=BLUE, alpha=0.85)
         if any(c > 0 for c in counts):
@@ -179,7 +184,8 @@ def activation_histogram(layer: QuantLayer) -> Markup | None:
             ax.axvspan(min(edges[0], low), low, color=RED, alpha=0.08)
         if high is not None:
             ax.axvspan(high, max(edges[-1], high), color=RED, alpha=0.08)
-        ax.set_title(layer_label(layer, 44), loc="left")
+        fig.text(0.01, 0.97, layer_label(layer, 44), ha="left", va="top",
+                 fontsize=RC["axes.titlesize"])
         ax.set_xlabel("activation value (dashed: clip range)")
         ax.set_ylabel("count")
         return render_svg(fig, f"histogram-{layer.index}")
