@@ -1,8 +1,9 @@
 """Running frozen graphs. Every import, prune and run of the package goes through here:
 custom op types are expanded through the op registry first (so plugin ops run too), feeds
 are checked against the graph's placeholders before TensorFlow sees them (a wrong rank would
-abort the process inside a kernel), and TensorFlow's constant folding, whose shape checks
-can abort the process on graphs it did not expect, stays off while the tool runs a graph.
+abort the process inside a kernel), and grappler (whose constant folding can abort the
+process on graphs it did not expect, and whose first-call optimization costs seconds on
+graphs already canonical) stays off while the tool runs a graph.
 """
 from __future__ import annotations
 
