@@ -75,8 +75,10 @@ def run_model(name: str, runs, override: dict | None = None, budget: float | Non
     row = {"fp32_accuracy": fp32, "outputs_probabilities": probabilities}
     for run in runs:
         target, passes = RUNS[run]
-        passes = {k: {**v, **(override or {})} if k in RETRAINING else v
-                  for k, v in passes.items()}
+        override = override or {}
+        per_pass = set(override) <= set(RETRAINING)   # {pass: {...}} or one flat section
+        passes = {k: {**v, **(override.get(k, {}) if per_pass else override)}
+                  if k in RETRAINING else v for k, v in passes.items()}
         config = {"passes": passes}
         if budget is not None:
             config["accuracy"] = {"metric": "top1", "max_drop": budget}

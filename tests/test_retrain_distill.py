@@ -179,3 +179,30 @@ def test_qat_that_cannot_beat_ptq_emits_exactly_the_ptq_model(tmp_path, bn_model
     qat_pb = tmp_path / "qat" / "ascend310" / qat["ascend310"]["artifacts"]["pb"]
     np.testing.assert_array_equal(at.load_simulation(qat_pb)(x_test),
                                   at.load_simulation(ptq_pb)(x_test))
+
+
+def test_bn_reestimation_keeps_a_pruned_channel_at_zero(bn_model):
+    """A filter whose bias is masked out (pruning) is re-normalised to zero, not to the
+    float channel's statistics; the other channels still get the float statistics."""
+    from amct_targets.retrain.renorm import eligible, float_statistics, reestimate, with_consts
+
+    keras_model, (x_train, _, _, _) = bn_model
+    ops = default_plugins().ops
+    folded, _, _ = fold_batch_norm(load_model(keras_model), layouts=ops.layouts)
+    index = GraphIndex(folded.graph_def)
+    layers = [found for node in folded.graph_def.node
+              if isinstance(found := resolve_layer(index, node, ops.layouts), Layer)]
+    (first, out, bias), (second, out2, _) = eligible(folded, layers)
+    weight = index.const_value(index.nodes[first.weight])
+    keep = np.ones(16, np.float32)
+    keep[[0, 5]] = 0.0
+    masked = with_consts(folded, {first.weight: weight * keep,
+                                  bias: index.const_value(index.nodes[bias]) * keep})
+    samples = {"image": x_train[:256]}
+    values, _ = reestimate(folded, masked, layers, samples, ops, const_masks={bias: keep})
+    assert np.all(values[first.weight][..., [0, 5]] == 0) and np.all(values[bias][[0, 5]] == 0)
+    got = float_statistics(with_consts(masked, values), [(first, out, bias)], samples, ops)
+    want = float_statistics(folded, [(first, out, bias)], samples, ops)
+    assert np.all(got[out][0][[0, 5]] == 0) and np.all(got[out][1][[0, 5]] == 0)
+    live = keep == 1
+    np.testing.assert_allclose(got[out][1][live], want[out][1][live], rtol=2e-3, atol=2e-3)

@@ -29,7 +29,6 @@ from amct_targets.graph.model import Model, node_name, tensor_name
 from amct_targets.graph.pattern import GraphIndex
 
 EPSILON = 1e-3           # Keras BatchNormalization's default
-RANK = {"Conv2D": 4, "DepthwiseConv2dNative": 4, "Conv2DBackpropInput": 4, "MatMul": 2}
 
 
 def _node(name: str, op: str, inputs: Sequence[str], **attrs) -> node_def_pb2.NodeDef:
@@ -69,8 +68,9 @@ def eligible(model: Model, layers: Sequence[Layer]) -> list[tuple[Layer, str, st
         node = index.nodes[layer.name]
         bias = bias_of(index, layer.name)
         layout = node.attr["data_format"].s.decode() if "data_format" in node.attr else ""
-        if (bias is None or layer.op not in RANK or layer.name in output_side
-                or layout not in ("", "NHWC")):
+        # the output has the weight's rank (dense, 2-D and 3-D convolutions), channels last
+        if (bias is None or len(layer.weight_shape) not in (2, 4, 5)
+                or layer.name in output_side or (layout and not layout.endswith("C"))):
             continue
         found.append((layer, bias[0].name, bias[1]))
     return found
@@ -87,7 +87,7 @@ def statistics(model: Model, targets: Sequence[tuple[Layer, str, str]], referenc
     for layer, out, _bias in targets:
         p = f"{out}/amct_renorm"
         mean_f, std_f = reference[out]
-        axes = np.arange(RANK[layer.op] - 1, dtype=np.int32)
+        axes = np.arange(len(layer.weight_shape) - 1, dtype=np.int32)
         keep = attr_value_pb2.AttrValue(b=True)
         tidx = attr_value_pb2.AttrValue(type=3)
         graph_def.node.extend([
@@ -141,15 +141,21 @@ def float_statistics(model: Model, targets, samples: Mapping[str, np.ndarray], o
 
 
 def reestimate(float_model: Model, compressed: Model, layers: Sequence[Layer],
-               samples: Mapping[str, np.ndarray], ops, base: Model | None = None
+               samples: Mapping[str, np.ndarray], ops, base: Model | None = None,
+               const_masks: Mapping[str, np.ndarray] | None = None
                ) -> tuple[dict[str, np.ndarray], dict]:
     """({weight or bias Const: new value}, a report record): the statistics are measured on
     `compressed`, the scaled weights are `base`'s (default `compressed`; the dense weights
-    when a mask is applied on top, so pruned weights keep their scaled values)."""
+    when a mask is applied on top, so pruned weights keep their scaled values). A channel
+    whose bias is masked out in `const_masks` (a pruned filter) is re-normalised to zero."""
     targets = eligible(compressed, layers)
     if not targets:
         return {}, {"layers": 0}
     reference = float_statistics(float_model, targets, samples, ops)
+    for _layer, out, bias in targets:
+        if bias in (const_masks or {}):
+            keep = (np.asarray(const_masks[bias]).reshape(-1) != 0).astype(np.float32)
+            reference[out] = (reference[out][0] * keep, reference[out][1] * keep)
     measured = statistics(compressed, targets, reference, samples, ops)
     index = GraphIndex((base or compressed).graph_def)
     values: dict[str, np.ndarray] = {}
