@@ -150,6 +150,11 @@ def test_4of2_starts_from_reestimated_statistics_and_keeps_exact_2_of_4(tmp_path
     assert metrics["groups_over_2_nonzeros"] == 0
     assert metrics["distillation"]["weight"] == 0.5
     assert metrics["distillation"]["teacher_outputs"] == "precomputed"
+    # by default only patience (or the maximum) stops training, not the budget
+    history = metrics["history"]
+    assert history["stopped"] in ("epochs: reached the maximum of 2",
+                                  "no improvement for 5 epochs (patience)")
+    assert history["epochs_run"] == 2
     sparse = [layer for layer in entry["layers"] if layer.get("status") == "4:2"]
     assert len(sparse) == 3 and all(layer["groups_over_2_nonzeros"] == 0 for layer in sparse)
     # Cin 16 and 24*64 (the Dense): exactly half the weights are zeros; Cin 1: none

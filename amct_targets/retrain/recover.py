@@ -4,8 +4,9 @@
 2. A validation set: the one passed in, else a deterministic split of the training data.
 3. The budget: the float model's validation top-1 (measured once per target, on the input of
    the first retraining pass) minus `accuracy.max_drop` points of the build config, else
-   0.5. Training stops once the validation metric is back within it, or after `patience`
-   epochs without improvement, or after `epochs`; the best epoch is kept.
+   0.5. Training stops after `patience` epochs without improvement (metric, then loss), or
+   after `epochs`, or with `stop_at_budget` once the metric is back within the budget; the
+   best epoch is kept. A kept epoch outside the budget is a warning.
 4. When every trained epoch is worse than the compressed model before training by more than
    the budget, retraining did harm: a RetrainError names the pass (exit 1, no output).
 5. The report: metrics["history"] (per epoch: loss, validation metric; the chosen epoch),
@@ -107,7 +108,11 @@ def retrain(ctx, pass_name: str, factory: Callable, model, defaults: Mapping[str
         reference = training.references[key]
         points, budget_source = max_drop_points(ctx.build_config)
         target = reference - points / 100.0 if classification else reference
-        monitor = Monitor(evaluate, classification, target, opts["patience"])
+        # stop_at_budget: stop as soon as the metric is back within the budget (a validation
+        # split the float model was trained on meets it after one epoch, before the loss
+        # has converged); by default only patience stops training early
+        monitor = Monitor(evaluate, classification,
+                          target if opts["stop_at_budget"] else None, opts["patience"])
         record.update(val_metric_name=name, reference_metric=round(reference, 6),
                       target_metric=round(target, 6), budget_points=points if classification
                       else None, budget_source=budget_source)
