@@ -1,6 +1,7 @@
 """Retraining defaults on four digits model families: QAT, pruning 0.3 + QAT, 4:2, 4:2 + QAT.
 
     python benchmarks/retraining.py [--models a,b] [--runs qat,4of2] [--out NAME]
+        [--set '{"distillation": 0}'] [--max-drop 0]   # overrides: for tuning on digits_cnn
 
 Every run uses the passes with `enabled: true` only (prune_channels also `prune_ratio: 0.3`,
 its default), so it measures the defaults of amct_targets/retrain/options.py and the passes,
@@ -31,7 +32,7 @@ FAMILIES = ("digits_cnn", "digits_cnn_narrow", "digits_cnn_softmax", "digits_mob
 TUNED_ON = "digits_cnn"
 
 RUNS = {
-    "ptq": ("ascend310", {"quantize": {"batch_num": 4}}),
+    "ptq": ("ascend310", {"quantize": {"enabled": True}}),
     "qat": ("ascend310", {"qat": {"enabled": True}}),
     "prune_0.3+qat": ("ascend310", {"prune_channels": {"enabled": True, "prune_ratio": 0.3},
                                     "qat": {"enabled": True}}),
@@ -63,7 +64,8 @@ def keras_fit_seconds(model, x, y, epochs: int, learning_rate: float, probabilit
     return time.perf_counter() - started
 
 
-def run_model(name: str, runs) -> dict:
+def run_model(name: str, runs, override: dict | None = None, budget: float | None = None
+              ) -> dict:
     import amct_targets as at
     from digits_models import MODELS, accuracy, trained
 
@@ -73,12 +75,19 @@ def run_model(name: str, runs) -> dict:
     row = {"fp32_accuracy": fp32, "outputs_probabilities": probabilities}
     for run in runs:
         target, passes = RUNS[run]
+        override = override or {}
+        per_pass = set(override) <= set(RETRAINING)   # {pass: {...}} or one flat section
+        passes = {k: {**v, **(override.get(k, {}) if per_pass else override)}
+                  if k in RETRAINING else v for k, v in passes.items()}
+        config = {"passes": passes}
+        if budget is not None:
+            config["accuracy"] = {"metric": "top1", "max_drop": budget}
         out = Path(tempfile.mkdtemp(prefix="amct-retrain-"))
         started = time.perf_counter()
         try:
             report = at.build(model, target, calib=x_train[:CALIB],
                               train={"image": x_train, "y": y_train},
-                              config={"passes": passes}, output_dir=out)[target]
+                              config=config, output_dir=out)[target]
         except at.AmctError as exc:
             row[run] = {"error": str(exc)}
             print(name, run, "ERROR", exc, flush=True)
@@ -103,6 +112,11 @@ def run_model(name: str, runs) -> dict:
                 from_logits={p["name"]: p["metrics"]["from_logits"] for p in trained_passes},
                 val_top1={p["name"]: p["metrics"]["history"]["val_metric"][
                     p["metrics"]["chosen_epoch"]] for p in trained_passes},
+                val_loss={p["name"]: p["metrics"]["history"]["val_loss"][
+                    p["metrics"]["chosen_epoch"]] for p in trained_passes},
+                distillation={p["name"]: p["metrics"].get("distillation", {}).get("weight")
+                              for p in trained_passes},
+                qat_start=ran.get("qat", {}).get("metrics", {}).get("qat_start"),
                 epochs_total=epochs, train_seconds=round(train_seconds, 2),
                 keras_fit_seconds=round(reference, 2),
                 train_over_keras_fit=round(train_seconds / reference, 3),
@@ -122,7 +136,12 @@ def markdown(results: dict) -> str:
              "`enabled: true` only. Drop: float minus compressed test top-1, in points. Epochs: "
              "run per retraining pass (early stopping; `epochs` is a maximum), the kept epoch in "
              "brackets. Ratio: retraining wall time over a plain Keras `fit` of the same model, "
-             "training part, validation data and epochs.", "",
+             "training part, validation data and epochs. PTQ: `quantize` defaults on the "
+             f"first {CALIB} training digits; `qat` starts from the same calibration (epoch 0 "
+             "is the PTQ model).", ""] + ([
+                 f"Overrides (tuning run, not the defaults): `{json.dumps(results['overrides'])}`",
+                 ""] if results.get("overrides", {}).get("set") or results.get(
+                     "overrides", {}).get("max_drop") is not None else []) + [
              "| family | run | test top-1 | drop (pts) | QAT - PTQ (pts) | epochs run [kept] | "
              "retrain s | Keras fit s | ratio | FLOPs cut |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -156,6 +175,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(FAMILIES))
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--out", default="retraining")
+    parser.add_argument("--set", default="{}", help="JSON merged into every retraining pass's "
+                        "section (for choosing defaults on the tuning family only)")
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="accuracy.max_drop of the build config (default: none)")
     args = parser.parse_args()
     runs = args.runs.split(",")
     results = {"environment": f"TensorFlow {tf.__version__}, Python "
@@ -163,7 +186,9 @@ def main() -> None:
                               f"{os.cpu_count()} cores (shared); test split 450 digits, 1347 "
                               "training samples (80% trained on, 20% validation)",
                "tuned_on": TUNED_ON,
-               "models": {name: run_model(name, runs) for name in args.models.split(",")}}
+               "overrides": {"set": json.loads(args.set), "max_drop": args.max_drop},
+               "models": {name: run_model(name, runs, json.loads(args.set), args.max_drop)
+                          for name in args.models.split(",")}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{args.out}.md").write_text(markdown(results))

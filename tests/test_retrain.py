@@ -216,9 +216,12 @@ def test_channel_pruning_removes_channels_and_reports_exact_flops(tmp_path, demo
     from amct_targets.graph.load import load_model
 
     x_train, y_train, _, _ = digits
+    # distillation: 0 keeps this test on the label loss it was written for: with the default
+    # (0.5, T 4) this hard cut of the demo CNN ends at 91.1% test top-1 instead of 93.1%
+    # (docs/retrain.md, known limits)
     config = {"passes": {"prune_channels": {"enabled": True, "prune_ratio": 0.3,
                                             "ascend_optimized": False, "epochs": 10,
-                                            "learning_rate": 3e-3}}}
+                                            "learning_rate": 3e-3, "distillation": 0}}}
     report = at.build(demo_pb_module, "ascend310", train={"image": x_train, "y": y_train},
                       config=config, output_dir=tmp_path)["ascend310"]
     entry = step(report, "prune_channels")

@@ -128,13 +128,14 @@ def test_retraining_that_harms_the_model_fails_loudly_with_no_output(tmp_path, d
 
 def test_early_stop_keeps_the_best_epoch_and_honours_the_config_budget(tmp_path, digits):
     """4:2 on the bundled CNN: a budget of 0 points asks for the float validation top-1
-    exactly; patience 2 stops once two epochs bring nothing better."""
+    exactly (`stop_at_budget`: stop once it is reached); patience 2 stops once two epochs
+    bring nothing better."""
     from amct_targets.demo import demo_paths
 
     x_train, y_train, _, _ = digits
     config = {"accuracy": {"metric": "top1", "max_drop": 0.0},
               "passes": {"sparsify_4of2": {"enabled": True, "epochs": 6, "patience": 2,
-                                           "learning_rate": 1e-3}}}
+                                           "learning_rate": 1e-3, "stop_at_budget": True}}}
     report = at.build(demo_paths()[0], "ascend910b", train={"image": x_train, "y": y_train},
                       config=config, output_dir=tmp_path)["ascend910b"]
     metrics = step(report, "sparsify_4of2")["metrics"]

@@ -21,6 +21,7 @@ class PruneChannels(CompressionPass):
     config_schema = {"type": "object", "properties": {
         "prune_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
         "ascend_optimized": {"type": "boolean"},
+        "bn_reestimation": {"type": "boolean"},
         "skip_layers": {"type": "array", "items": {"type": "string"}},
         **TRAIN_OPTIONS_SCHEMA}, "additionalProperties": False}
 

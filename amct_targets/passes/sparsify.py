@@ -20,6 +20,7 @@ class Sparsify4of2(CompressionPass):
     exclusive_with = ("prune_channels",)
     config_schema = {"type": "object", "properties": {
         "update_freq": {"type": "integer", "minimum": 0},
+        "bn_reestimation": {"type": "boolean"},
         "skip_layers": {"type": "array", "items": {"type": "string"}},
         **TRAIN_OPTIONS_SCHEMA}, "additionalProperties": False}
 

@@ -25,6 +25,7 @@ from amct_targets.retrain.recover import retrain
 from amct_targets.retrain.trainable import TrainableGraph
 
 DEFAULTS = {"learning_rate": 1e-3}
+RENORM_SAMPLES = 256   # samples of --train for the batch-norm re-estimation (one batch)
 
 
 def _mask(edit, kept, channels, shape) -> np.ndarray:
@@ -62,6 +63,22 @@ def plan_pruning(model, config: Mapping[str, Any], align: int | None,
     return kept, chosen, reasons
 
 
+def _reestimate(model: Model, masked: Model, masks, ctx) -> Model:
+    """The masked model with every BN-folded layer re-normalised to the float model's
+    channel statistics, pruned channels to zero (retrain/renorm.py)."""
+    from amct_targets.graph.layout import Layer, resolve_layer
+    from amct_targets.retrain.renorm import reestimate, with_consts
+
+    index = GraphIndex(masked.graph_def)
+    every = [found for node in masked.graph_def.node
+             if isinstance(found := resolve_layer(index, node, ctx.layouts), Layer)
+             and found.weight is not None]
+    samples = ctx.training.first_inputs(model, RENORM_SAMPLES)
+    values, record = reestimate(model, masked, every, samples, ctx.ops, const_masks=masks)
+    ctx.report.metrics["bn_reestimation"] = record
+    return with_consts(masked, values)
+
+
 def prune(model: Model, ctx) -> Model:
     align = None
     if ctx.config.get("ascend_optimized", True):
@@ -80,6 +97,8 @@ def prune(model: Model, ctx) -> Model:
         for edit in group.output_side_edits:
             shape = index.const_value(index.nodes[edit.const]).shape
             masks[edit.const] = _mask(edit, kept[layer], group.channels, shape)
+    if ctx.config.get("bn_reestimation", True):
+        masked = _reestimate(model, masked, masks, ctx)
     trainable, _history = retrain(
         ctx, "prune_channels", lambda: TrainableGraph(masked, sorted(groups), const_masks=masks),
         masked, DEFAULTS, reference_model=model, what="pruning retraining")

@@ -21,7 +21,8 @@ from amct_targets.retrain.trainable import TrainableGraph
 
 SPARSE_OPS = ("Conv2D", "MatMul", "Conv2DBackpropInput")   # AMCT's 4:2 layer types
 GROUP, KEEP = 4, 2
-DEFAULTS = {"learning_rate": 3e-3}
+DEFAULTS = {"learning_rate": 1e-3}   # chosen on digits_cnn with BN re-estimation + distillation
+RENORM_SAMPLES = 256   # samples of --train for the batch-norm re-estimation (one batch)
 
 
 def mask_4of2(weights: np.ndarray, cin_axis: int) -> np.ndarray:
@@ -69,6 +70,23 @@ def eligible_layers(model: Model, config: Mapping[str, Any], layouts: Mapping = 
     return layers, left
 
 
+def _reestimate(model: Model, layers, masks, ctx) -> Model:
+    """The dense model with every BN-folded layer's weights and bias re-estimated for the
+    masked model (retrain/renorm.py); training starts from it."""
+    from amct_targets.retrain.renorm import reestimate, with_consts
+
+    index = GraphIndex(model.graph_def)
+    masked = with_consts(model, {layer.weight: index.const_value(index.nodes[layer.weight])
+                                 * masks[layer.name] for layer in layers})
+    every = [found for node in model.graph_def.node
+             if isinstance(found := resolve_layer(index, node, ctx.layouts), Layer)
+             and found.weight is not None]
+    samples = ctx.training.first_inputs(model, RENORM_SAMPLES)
+    values, record = reestimate(model, masked, every, samples, ctx.ops, base=model)
+    ctx.report.metrics["bn_reestimation"] = record
+    return with_consts(model, values)
+
+
 def sparsify(model: Model, ctx) -> Model:
     import tensorflow as tf
 
@@ -77,6 +95,9 @@ def sparsify(model: Model, ctx) -> Model:
     index = GraphIndex(model.graph_def)
     initial = {layer.name: mask_4of2(index.const_value(index.nodes[layer.weight]),
                                      layer.cin_axis) for layer in layers}
+    dense = model
+    if ctx.config.get("bn_reestimation", True):
+        model = _reestimate(model, layers, initial, ctx)
     holder = {}  # the trainable view, created by fit() inside the strategy's scope
 
     def build():
@@ -105,6 +126,7 @@ def sparsify(model: Model, ctx) -> Model:
 
     trainable, _history = retrain(ctx, "sparsify_4of2", build, model, DEFAULTS,
                                   transform=transform, what="4:2 retraining",
+                                  reference_model=dense,
                                   every_n_steps=(freq, update_masks) if freq else None)
     final = {n: trainable.masks[n].numpy() for n in initial}
     sparse = trainable.export(lambda name, w: w * final[name])

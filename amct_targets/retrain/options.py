@@ -1,8 +1,10 @@
 """The retraining options every retraining pass accepts in its config section (no TF).
 
-`epochs` is a maximum: retraining stops early when the validation metric is back within the
-accuracy budget, or when it has not improved for `patience` epochs; the best epoch's weights
-are kept. `from_logits` unset means inferred from the graph (a Softmax output: probabilities).
+`epochs` is a maximum: retraining stops early when the validation metric (then the validation
+loss on a tie) has not improved for `patience` epochs, or, with `stop_at_budget`, as soon as
+the metric is back within the accuracy budget; the best epoch's weights are kept. `from_logits` unset means inferred from the graph (a Softmax output: probabilities).
+`distillation` is the weight of the float model's soft targets in the loss (0: labels only;
+classifiers only, retrain/distill.py), `distillation_temperature` their temperature.
 """
 from __future__ import annotations
 
@@ -19,12 +21,19 @@ TRAIN_OPTIONS_SCHEMA = {
     "loss": {"enum": ["sparse_categorical_crossentropy", "categorical_crossentropy", "mse"]},
     "from_logits": {"type": "boolean"},
     "seed": {"type": "integer"},
+    "stop_at_budget": {"type": "boolean"},
+    "distillation": {"type": "number", "minimum": 0, "maximum": 1},
+    "distillation_temperature": {"type": "number", "exclusiveMinimum": 0},
 }
 # Chosen on benchmarks/digits_models.py's digits_cnn, verified untouched on three other
-# families (benchmarks/results/retraining.md).
+# families (benchmarks/results/retraining.md). distillation 0.5 / temperature 4: the lowest
+# summed validation loss at the kept epochs over qat, prune+qat, 4:2, 4:2+qat on digits_cnn
+# among weights {0, 0.5, 1} x T {1, 2, 4} (docs/retrain.md).
 TRAIN_DEFAULTS = {"epochs": 30, "patience": 5, "validation_split": 0.2, "batch_size": 32,
                   "learning_rate": 1e-4, "lr_schedule": "cosine", "optimizer": "adam",
-                  "loss": "sparse_categorical_crossentropy", "from_logits": None, "seed": 0}
+                  "loss": "sparse_categorical_crossentropy", "from_logits": None, "seed": 0,
+                  "distillation": 0.5, "distillation_temperature": 4.0,
+                  "stop_at_budget": False}
 # Points of top-1 the retrained model may stay below the float model's validation top-1
 # when the build config has no `accuracy: {metric: top1, max_drop: ...}`.
 DEFAULT_MAX_DROP = 0.5

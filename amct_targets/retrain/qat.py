@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from amct_targets.graph.model import Model
-from amct_targets.quant.calibrate import calibrate
+from amct_targets.quant.calibrate import batches, calibrate
 from amct_targets.quant.config import QuantSettings
 from amct_targets.quant.int8 import finish_int8, quantize_weights, select_int8_layers
 from amct_targets.quant.rewrite import LayerQuant
@@ -72,14 +72,22 @@ def quantization_aware_training(model: Model, ctx) -> Model:
         ctx.report.layers.extend(selection.float_layers)
         ctx.report.notes.append("no layer to quantize; the model is unchanged")
         return model
-    first = ctx.training.first_inputs(model, INIT_SAMPLES)
-    ctx.progress("initialising activation ranges on training samples")
-    stats, _ = calibrate(model, selection.stats_requests(ctx.quantizers), [first], ops=ctx.ops)
-    ranges = {}
+    if ctx.calibration is not None:
+        # the ranges post-training quantization would compute: epoch 0 is the PTQ model
+        data = batches(ctx.calibration, settings.batch_num, settings.globals.get("batch_size"),
+                       "calibration data")
+        start = "post-training quantization on the calibration data"
+    else:
+        data = [ctx.training.first_inputs(model, INIT_SAMPLES)]
+        start = f"ranges from the first {INIT_SAMPLES} training samples (no calibration data)"
+    ctx.progress(f"initialising activation ranges: {start}")
+    stats, _ = calibrate(model, selection.stats_requests(ctx.quantizers), data, ops=ctx.ops)
+    ranges, ptq_params = {}, {}
     for layer in layers:
         act = selection.params[layer.name]["activation"]
         params = ctx.quantizers.activations[act["act_algo"]].compute(stats[layer.act_input], act)
         ranges[layer.name] = (params.clip_min, params.clip_max)
+        ptq_params[layer.name] = (float(params.scale), int(params.offset))
     masks = dict(model.weight_masks)
     by_name = {layer.name: layer for layer in layers}
     quantizers = {layer.name: fake_quant_weights(
@@ -95,18 +103,33 @@ def quantization_aware_training(model: Model, ctx) -> Model:
     def transform(name, weights):
         return quantizers[name](apply_mask(name, weights))
 
-    trainable, _history = retrain(
+    trainable, history = retrain(
         ctx, "qat", lambda: TrainableGraph(model, [q.layer for q in layers], act_ranges=ranges),
         model, QAT_DEFAULTS, transform=transform, what="quantization-aware training")
-    trained = trainable.export(apply_mask)
+    # No trained epoch beat the start on validation: keep exactly the PTQ result
+    keep_start = history.get("best_epoch") == 0
+    ctx.report.metrics["qat_start"] = _start_record(start, history, keep_start)
+    trained = model if keep_start else trainable.export(apply_mask)
     learned = trainable.activation_ranges()
     values = trainable.values()
     quants = []
     for layer in layers:
-        scale_d, offset_d = nudged_quant_params(*learned[layer.name])
+        scale_d, offset_d = ptq_params[layer.name] if keep_start else nudged_quant_params(
+            *learned[layer.name])
         weights = apply_mask(layer.name, values.get(layer.weight_node))
         result = quantize_weights(selection, ctx.quantizers, layer, weights)
         quants.append(LayerQuant(layer, scale_d, offset_d, np.asarray(result.scale, np.float32),
                                  result.quantized))
-        selection.params[layer.name]["activation"]["act_algo"] = "ulq_quantize"
-    return finish_int8(trained, selection, quants, ctx, first, stats)
+        if not keep_start:
+            selection.params[layer.name]["activation"]["act_algo"] = "ulq_quantize"
+    return finish_int8(trained, selection, quants, ctx, data[0], stats)
+
+
+def _start_record(start: str, history, keep_start: bool) -> dict:
+    """report.json metrics["qat_start"]: where QAT started and whether training beat it."""
+    record = {"ranges": start, "kept": "start (no trained epoch was better on validation)"
+              if keep_start else "trained"}
+    if "val_metric" in history:
+        record.update(start_val_metric=round(history["val_metric"][0], 6),
+                      kept_val_metric=round(history["val_metric"][history["best_epoch"]], 6))
+    return record

@@ -4,8 +4,9 @@
 2. A validation set: the one passed in, else a deterministic split of the training data.
 3. The budget: the float model's validation top-1 (measured once per target, on the input of
    the first retraining pass) minus `accuracy.max_drop` points of the build config, else
-   0.5. Training stops once the validation metric is back within it, or after `patience`
-   epochs without improvement, or after `epochs`; the best epoch is kept.
+   0.5. Training stops after `patience` epochs without improvement (metric, then loss), or
+   after `epochs`, or with `stop_at_budget` once the metric is back within the budget; the
+   best epoch is kept. A kept epoch outside the budget is a warning.
 4. When every trained epoch is worse than the compressed model before training by more than
    the budget, retraining did harm: a RetrainError names the pass (exit 1, no output).
 5. The report: metrics["history"] (per epoch: loss, validation metric; the chosen epoch),
@@ -90,35 +91,73 @@ def retrain(ctx, pass_name: str, factory: Callable, model, defaults: Mapping[str
                            opts["seed"], opts["batch_size"])
     monitor = None
     record: dict[str, Any] = {"validation": split.source, "validation_samples": split.samples}
+    start = reference_model if reference_model is not None else model
+    key = (getattr(ctx.profile, "name", ""), split.source)
+    # the float model: the budget's reference and the distillation teacher
+    teacher = training.teachers.setdefault(key, {"model": start, "outputs": None})
+    labels = _labels_of(split.validation if split.validation is not None else split.train)
+    classification = opts["loss"] != "mse" and is_classification(labels, _output_shape(model))
     if split.validation is not None:
-        labels = _labels_of(split.validation)
-        classification = opts["loss"] != "mse" and is_classification(labels,
-                                                                     _output_shape(model))
         name = "top1" if classification else "val_loss"
         evaluate_plain = make_evaluator(model, split.validation, training, opts,
                                         classification)
         evaluate = make_evaluator(model, split.validation, training, opts, classification,
                                   transform)
-        key = (getattr(ctx.profile, "name", ""), split.source)
         if key not in training.references:
-            start = reference_model if reference_model is not None else model
-            training.references[key] = evaluate_plain(TrainableGraph(start, []))[0]
+            training.references[key] = evaluate_plain(TrainableGraph(teacher["model"], []))[0]
         reference = training.references[key]
         points, budget_source = max_drop_points(ctx.build_config)
         target = reference - points / 100.0 if classification else reference
-        monitor = Monitor(evaluate, classification, target, opts["patience"])
+        # stop_at_budget: stop as soon as the metric is back within the budget (a validation
+        # split the float model was trained on meets it after one epoch, before the loss
+        # has converged); by default only patience stops training early
+        monitor = Monitor(evaluate, classification,
+                          target if opts["stop_at_budget"] else None, opts["patience"])
         record.update(val_metric_name=name, reference_metric=round(reference, 6),
                       target_metric=round(target, 6), budget_points=points if classification
                       else None, budget_source=budget_source)
+    distill, distill_seconds = _distillation(opts, classification, teacher, split.train)
     ctx.progress(f"{what}: at most {opts['epochs']} epochs; {logits_note}")
     trainable, history = fit(factory, model, training, opts, transform=transform,
                              progress=ctx.progress, every_n_steps=every_n_steps,
-                             data=split.train, monitor=monitor)
+                             data=split.train, monitor=monitor, distill=distill)
+    history["seconds"] = round(history["seconds"] + distill_seconds, 3)
+    ctx.report.metrics["distillation"] = _distillation_record(distill, opts, classification,
+                                                              distill_seconds)
     epochs_run = len(history["loss"])
     if monitor is not None:
         _refuse_harm(history, record, where, what, monitor, opts)
     _report(ctx, history, record, epochs_run, opts, logits_note, contradiction, split)
     return trainable, history
+
+
+def _distillation(opts, classification: bool, teacher: dict, train_data):
+    """(Distillation or None, seconds spent on the teacher's outputs). The outputs on the
+    training part are computed once per target and split, and reused by its later passes."""
+    import time
+
+    from amct_targets.retrain.distill import Distillation, teacher_outputs
+
+    if not classification or not opts["distillation"]:
+        return None, 0.0
+    distill = Distillation(float(opts["distillation"]), float(opts["distillation_temperature"]),
+                           not opts["from_logits"], teacher["model"])
+    started = time.perf_counter()
+    if isinstance(train_data, Mapping):
+        if teacher["outputs"] is None:
+            teacher["outputs"] = teacher_outputs(teacher["model"], train_data)
+        distill.outputs = teacher["outputs"]
+    return distill, time.perf_counter() - started
+
+
+def _distillation_record(distill, opts, classification: bool, seconds: float) -> dict:
+    if distill is None:
+        why = "not a classifier (top-1 metric)" if not classification else "distillation: 0"
+        return {"weight": 0.0, "reason": why}
+    return {"weight": distill.weight, "temperature": distill.temperature,
+            "teacher": "the model before the target's first retraining pass (float)",
+            "teacher_outputs": "precomputed" if distill.outputs is not None else "per step",
+            "teacher_seconds": round(seconds, 3)}
 
 
 def _refuse_harm(history, record, where, what, monitor: Monitor, opts) -> None:

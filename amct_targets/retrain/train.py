@@ -36,6 +36,9 @@ class TrainingData:
     # float validation metric per (target, validation source): every retraining pass of a
     # target measures its budget against the model before the first of them
     references: dict = field(default_factory=dict)
+    # the same key -> {"model": the model before the first retraining pass (the distillation
+    # teacher), "outputs": its outputs on the training part of the split, once computed}
+    teachers: dict = field(default_factory=dict)
 
     def first_inputs(self, model, count: int) -> dict[str, np.ndarray]:
         """Up to `count` input samples (for calibrating initial quantization ranges)."""
@@ -74,15 +77,18 @@ class Monitor:
         return metric >= self.target if self.higher_is_better else metric <= self.target
 
 
-def batched(data, model, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data pipeline of (features, labels) batches from arrays or a dataset."""
+def batched(data, model, batch_size: int, shuffle_seed: int | None = None,
+            teacher: np.ndarray | None = None):
+    """A tf.data pipeline of (features, labels) batches from arrays or a dataset; with
+    `teacher` (outputs row-aligned with the arrays) the labels are (labels, teacher)."""
     import tensorflow as tf
 
     if isinstance(data, Mapping):
         inputs = tuple(data[s.name] for s in model.inputs)
         features = inputs[0] if len(inputs) == 1 else {s.name: data[s.name]
                                                        for s in model.inputs}
-        dataset = tf.data.Dataset.from_tensor_slices((features, data["y"]))
+        labels = data["y"] if teacher is None else (data["y"], teacher)
+        dataset = tf.data.Dataset.from_tensor_slices((features, labels))
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(data["y"]), seed=shuffle_seed,
                                       reshuffle_each_iteration=True)
@@ -138,21 +144,27 @@ def _state(trainable) -> dict:
 def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mapping[str, Any], *,
         transform=None, progress: Callable[[str], None] = lambda m: None,
         every_n_steps: tuple[int, Callable] | None = None, data: Any = None,
-        monitor: Monitor | None = None):
+        monitor: Monitor | None = None, distill=None):
     """Build the trainable view in the strategy's scope and train it.
 
     Returns (trainable, history): history has "loss" (mean per epoch run), "steps", "seconds",
     and with a monitor "val_metric" and "val_loss" per epoch from 0, "best_epoch",
     "stopped" (why). The trainable holds the best epoch's values. `data` overrides
     `training.data` (the training part of a split). `every_n_steps=(n, fn)` calls
-    fn(trainable) every n steps (mask updates).
+    fn(trainable) every n steps (mask updates). `distill` (retrain/distill.py) mixes the
+    label loss with the soft targets of the float model.
     """
     import tensorflow as tf
 
     strategy = training.strategy or tf.distribute.get_strategy()
     tf.random.set_seed(opts["seed"])
-    local = batched(training.data if data is None else data, model, opts["batch_size"],
-                    shuffle_seed=opts["seed"])
+    from amct_targets.retrain.distill import mixed_loss
+
+    source = training.data if data is None else data
+    precomputed = distill is not None and distill.outputs is not None and isinstance(
+        source, Mapping)
+    local = batched(source, model, opts["batch_size"], shuffle_seed=opts["seed"],
+                    teacher=distill.outputs if precomputed else None)
     batches = int(local.cardinality())
     total_steps = batches * opts["epochs"] if batches > 0 else None
     with strategy.scope():
@@ -161,10 +173,21 @@ def fit(trainable_factory: Callable, model, training: TrainingData, opts: Mappin
         optimizer.build(trainable.trainable)
     loss_fn = loss_function(training, opts)
     replicas = strategy.num_replicas_in_sync
+    mixed = mixed_loss(loss_fn, distill) if distill is not None else None
+    teacher_forward = None if mixed is None or precomputed else distill.teacher_forward()
+
+    def step_loss(labels, outputs, features):
+        if mixed is None:
+            return loss_fn(labels, outputs)
+        if teacher_forward is None:
+            labels, teacher = labels
+        else:
+            teacher = tf.stop_gradient(teacher_forward(features))
+        return mixed(labels, outputs, teacher)
 
     def replica_step(features, labels):
         outputs, reads = trainable.forward(features, transform)
-        per_sample = loss_fn(labels, outputs[0])
+        per_sample = step_loss(labels, outputs[0], features)
         loss = tf.reduce_mean(per_sample) / replicas
         grads = tf.gradients(loss, reads)
         optimizer.apply_gradients([(g, v) for g, v in zip(grads, trainable.trainable)
