@@ -20,16 +20,35 @@ from amct_targets.graph.model import Model
 GRAPPLER_OPTIMIZERS = ("function", "constfold", "dependency", "debug_stripper")
 
 
-def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
+class _Handoff:
+    """Serialized bytes given to TF's OptimizeGraph (which calls SerializeToString on what it
+    gets) without this module keeping a reference: only one copy lives during the call."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf method name
+        data, self.data = self.data, None
+        return data
+
+
+def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS, consume=False):
+    """`graph_def` optimized by grappler. With `consume`, `graph_def` is the caller's own
+    scratch copy: it is cleared as soon as TF holds the graph (one copy fewer at the peak)."""
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
 
+    from amct_targets.memory import release
+
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
-    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(add_shapes=True),
-                                                      graph=graph)
+    if consume:
+        graph_def.Clear()
+    shaped = graph.as_graph_def(add_shapes=True)
+    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=shaped, graph=graph)
+    del shaped, graph
     fetches = meta_graph_pb2.CollectionDef()
     fetches.node_list.value.extend(fetch_nodes)
     meta_graph.collection_def["train_op"].CopyFrom(fetches)
@@ -39,7 +58,11 @@ def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
     rewrite.optimizers.extend(optimizers)
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.min_graph_nodes = -1  # optimize small graphs too
+    if getattr(tf_optimizer, "is_oss", False):   # TF serializes the meta graph: do it first
+        meta_graph = _Handoff(meta_graph.SerializeToString())
+    release()
     optimized = tf_optimizer.OptimizeGraph(config, meta_graph)
+    del meta_graph
     for node in optimized.node:  # shape annotations from add_shapes are not part of the model
         node.attr.pop("_output_shapes", None)
     return optimized
@@ -52,9 +75,11 @@ XLA_ATTRS = ("_XlaMustCompile", "_xla_compile_id", "_XlaScope", "_XlaInternalSco
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
-def drop_xla_marks(graph_def):
-    """A copy of `graph_def` whose function calls and functions carry no XLA compile marks."""
-    graph_def = type(graph_def).FromString(graph_def.SerializeToString())
+def drop_xla_marks(graph_def, in_place=False):
+    """A copy of `graph_def` (or `graph_def` itself, `in_place`) whose function calls and
+    functions carry no XLA compile marks."""
+    if not in_place:
+        graph_def = type(graph_def).FromString(graph_def.SerializeToString())
     bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
     for nodes in bodies:
         for node in nodes:
@@ -66,21 +91,27 @@ def drop_xla_marks(graph_def):
     return graph_def
 
 
-def canonicalize(model: Model) -> Model:
+def canonicalize(model: Model, consume: bool = False) -> Model:
     """Return the model with its functions inlined, its graph constant-folded and stripped of
     Identity/NoOp chains, grouped convs and Einsums in matmul / AMCT form.
 
     Inputs and outputs keep their names: grappler preserves fetched nodes, and placeholders
-    are never folded. What was rewritten is in `model.notes`.
+    are never folded. What was rewritten is in `model.notes`. `consume`: `model` is a
+    loader's own intermediate, whose GraphDef is edited and cleared here (no copies of it).
     """
     from amct_targets.graph.einsum import einsum_to_matmul
     from amct_targets.graph.grouped_conv import split_grouped_convs
 
     fetch = sorted(set(model.output_nodes) | set(model.input_names))
+    if consume:
+        from amct_targets.memory import release
+
+        release()   # what the loader dropped before handing over (TF functions, Keras)
     graph_def = model.graph_def
     if any(n.op in CALL_OPS for n in graph_def.node):
-        graph_def = drop_xla_marks(graph_def)
-    optimized = run_grappler(graph_def, fetch)
+        graph_def = drop_xla_marks(graph_def, in_place=consume)
+    optimized = run_grappler(graph_def, fetch, consume=consume or graph_def is not model.graph_def)
+    del graph_def
     if not any(n.op in CALL_OPS for n in optimized.node):
         optimized.ClearField("library")   # every call inlined: ATC needs no function library
     optimized, grouped = split_grouped_convs(optimized, model.source)

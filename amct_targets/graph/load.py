@@ -125,7 +125,9 @@ def _select_outputs(graph_def, outputs, where) -> tuple[str, ...]:
 
 
 def model_from_graph_def(graph_def: "graph_pb2.GraphDef", *, outputs=None, where="<graph>",
-                         name="model", require_frozen=True, canonical=True) -> Model:
+                         name="model", require_frozen=True, canonical=True,
+                         consume=False) -> Model:
+    """`consume`: `graph_def` is the caller's to give away (canonicalization clears it)."""
     if require_frozen:
         variables = variable_nodes(graph_def)
         if variables:
@@ -134,10 +136,12 @@ def model_from_graph_def(graph_def: "graph_pb2.GraphDef", *, outputs=None, where
                              "(convert_variables_to_constants_v2) or pass the SavedModel folder")
     model = Model(graph_def, placeholder_specs(graph_def),
                   _select_outputs(graph_def, outputs, where), source=where, name=name)
-    return canonicalize(model) if canonical else model
+    return canonicalize(model, consume=consume) if canonical else model
 
 
 def _freeze_concrete_function(concrete_fn, where, name) -> Model:
+    """The frozen graph of `concrete_fn`, not yet canonical; TF's frozen function is dropped
+    before returning, so only the GraphDef holds the weights."""
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -150,16 +154,20 @@ def _freeze_concrete_function(concrete_fn, where, name) -> Model:
     inputs = [t for t in frozen.inputs if t.dtype.name != "resource"]
     input_names = [t.op.name for t in inputs]
     outputs = [t.name for t in frozen.outputs]
-    model = Model(graph_def, (), tuple(outputs), source=where, name=name)
+    del frozen, inputs
     specs = {s.name: s for s in placeholder_specs(graph_def)}
-    model = model.replace(inputs=tuple(specs[n] for n in input_names))
-    return canonicalize(model)
+    return Model(graph_def, tuple(specs[n] for n in input_names), tuple(outputs), source=where,
+                 name=name)
 
 
 def model_from_keras(keras_model, where="<keras model>", name=None) -> Model:
     """Freeze a Keras model called with its own input structure: one tensor, a list, or a
     dict (keras-hub's `token_ids`/`padding_mask`/...); inputs are named by their dict key,
     else by their Input layer's name."""
+    return canonicalize(_frozen_keras(keras_model, where, name), consume=True)
+
+
+def _frozen_keras(keras_model, where, name) -> Model:
     import tensorflow as tf
 
     try:
@@ -211,7 +219,9 @@ def model_from_saved_model(path: Path, signature: str | None = None) -> Model:
                         else sorted(signatures)[0])
     if key not in signatures:
         raise ModelError(f"{path}: no signature '{key}'; it has {sorted(signatures)}")
-    return _freeze_concrete_function(signatures[key], str(path), path.name)
+    frozen = _freeze_concrete_function(signatures[key], str(path), path.name)
+    del loaded, signatures   # TF's variables: the frozen GraphDef holds the weights now
+    return canonicalize(frozen, consume=True)
 
 
 def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None,
@@ -274,12 +284,14 @@ def _load_path(path: Path, outputs) -> Model:
         except Exception as exc:  # keras raises ValueError, OSError, TypeError ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: Keras cannot load this model: {first}") from None
-        model = model_from_keras(keras_model, str(path), path.stem)
+        model = _frozen_keras(keras_model, str(path), path.stem)
+        del keras_model   # its variables: the frozen GraphDef holds the weights now
+        model = canonicalize(model, consume=True)
         if outputs:
             model = model.replace(outputs=_select_outputs(model.graph_def, outputs, str(path)))
         return model
-    graph_def = read_graph_def(path)
-    return model_from_graph_def(graph_def, outputs=outputs, where=str(path), name=path.stem)
+    return model_from_graph_def(read_graph_def(path), outputs=outputs, where=str(path),
+                                name=path.stem, consume=True)
 
 
 def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:
