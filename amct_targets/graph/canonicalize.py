@@ -32,20 +32,22 @@ class _Handoff:
         return data
 
 
-def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS, consume=False):
-    """`graph_def` optimized by grappler. With `consume`, `graph_def` is the caller's own
-    scratch copy: it is cleared as soon as TF holds the graph (one copy fewer at the peak)."""
+def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
+    """`graph_def` optimized by grappler. Given in a one-item list (which is emptied), the
+    GraphDef is the caller's to give away: it is dropped as soon as TF holds the graph, and
+    only one serialized copy of the weights is alive while grappler runs."""
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
 
     from amct_targets.memory import release
 
+    if isinstance(graph_def, list):
+        graph_def = graph_def.pop()
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
-    if consume:
-        graph_def.Clear()
+    del graph_def   # a protobuf's memory goes only with its last reference, not with Clear()
     shaped = graph.as_graph_def(add_shapes=True)
     meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=shaped, graph=graph)
     del shaped, graph
@@ -91,27 +93,37 @@ def drop_xla_marks(graph_def, in_place=False):
     return graph_def
 
 
-def canonicalize(model: Model, consume: bool = False) -> Model:
+def canonicalize(model: Model) -> Model:
     """Return the model with its functions inlined, its graph constant-folded and stripped of
     Identity/NoOp chains, grouped convs and Einsums in matmul / AMCT form.
 
     Inputs and outputs keep their names: grappler preserves fetched nodes, and placeholders
-    are never folded. What was rewritten is in `model.notes`. `consume`: `model` is a
-    loader's own intermediate, whose GraphDef is edited and cleared here (no copies of it).
+    are never folded. What was rewritten is in `model.notes`.
     """
+    return canonicalize_owned([model], owned=False)
+
+
+def canonicalize_owned(box: list, owned: bool = True) -> Model:
+    """`canonicalize(box.pop())` for a loader's own intermediate model, given in a one-item
+    list that is emptied so that nothing else holds it: its GraphDef is edited in place and
+    dropped as soon as TensorFlow holds a copy (one copy of the weights fewer at the peak)."""
     from amct_targets.graph.einsum import einsum_to_matmul
     from amct_targets.graph.grouped_conv import split_grouped_convs
+    from amct_targets.graph.set_aside import restore_weights, set_aside_weights
+    from amct_targets.memory import release
 
+    model = box.pop()
     fetch = sorted(set(model.output_nodes) | set(model.input_names))
-    if consume:
-        from amct_targets.memory import release
-
+    graph = [model.graph_def]
+    model = model.replace(graph_def=None)
+    if owned:
         release()   # what the loader dropped before handing over (TF functions, Keras)
-    graph_def = model.graph_def
-    if any(n.op in CALL_OPS for n in graph_def.node):
-        graph_def = drop_xla_marks(graph_def, in_place=consume)
-    optimized = run_grappler(graph_def, fetch, consume=consume or graph_def is not model.graph_def)
-    del graph_def
+    if any(n.op in CALL_OPS for n in graph[0].node):
+        graph = [drop_xla_marks(graph.pop(), in_place=owned)]
+    light, aside = set_aside_weights(graph.pop(), fetch)   # weights grappler cannot touch
+    optimized = run_grappler([light], fetch)
+    restore_weights(optimized, aside)
+    del aside
     if not any(n.op in CALL_OPS for n in optimized.node):
         optimized.ClearField("library")   # every call inlined: ATC needs no function library
     optimized, grouped = split_grouped_convs(optimized, model.source)
