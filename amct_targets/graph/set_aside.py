@@ -143,7 +143,7 @@ def freeze_without_weights(concrete_fn) -> tuple[object, dict]:
     data = steps[0](func=concrete_fn, lower_control_flow=True, aggressive_inlining=False)
     graph_def, converted = steps[1](converter_data=data)
     del data
-    light, aside = graph_pb2.GraphDef(), {}
+    light, aside, tensor = graph_pb2.GraphDef(), {}, None
     light.versions.CopyFrom(graph_def.versions)
     light.library.CopyFrom(graph_def.library)
     for node in graph_def.node:
