@@ -20,15 +20,34 @@ from amct_targets.graph.model import Model
 GRAPPLER_OPTIMIZERS = ("function", "constfold", "dependency", "debug_stripper")
 
 
+class _Handoff:
+    """Serialized bytes given to TF's OptimizeGraph (which calls SerializeToString on what it
+    gets) without this module keeping a reference: only one copy lives during the call."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf method name
+        data, self.data = self.data, None
+        return data
+
+
 def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
-    """Grappler's `optimizers` over `graph_def`, keeping `fetch_nodes`. The graph goes to
-    grappler as it is (no import into a Python Graph first: grappler infers shapes itself,
+    """`graph_def` optimized by grappler. Given in a one-item list (which is emptied), the
+    GraphDef is the caller's to give away: it is dropped as soon as the meta graph holds it,
+    and only one serialized copy of the weights is alive while grappler runs. The graph goes
+    to grappler as it is (no import into a Python Graph first: grappler infers shapes itself,
     and the import cost a second on a ResNet50 for the same result)."""
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
 
+    from amct_targets.memory import release
+
+    if isinstance(graph_def, list):
+        graph_def = graph_def.pop()
     meta_graph = meta_graph_pb2.MetaGraphDef()
     meta_graph.graph_def.CopyFrom(graph_def)
+    del graph_def   # a protobuf's memory goes only with its last reference, not with Clear()
     add_default_attrs(meta_graph.graph_def)
     fetches = meta_graph_pb2.CollectionDef()
     fetches.node_list.value.extend(fetch_nodes)
@@ -39,7 +58,11 @@ def run_grappler(graph_def, fetch_nodes, optimizers=GRAPPLER_OPTIMIZERS):
     rewrite.optimizers.extend(optimizers)
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.min_graph_nodes = -1  # optimize small graphs too
+    if getattr(tf_optimizer, "is_oss", False):   # TF serializes the meta graph: do it first
+        meta_graph = _Handoff(meta_graph.SerializeToString())
+    release()
     optimized = tf_optimizer.OptimizeGraph(config, meta_graph)
+    del meta_graph
     for node in optimized.node:  # shape annotations are not part of the model
         node.attr.pop("_output_shapes", None)
     return optimized
@@ -67,9 +90,11 @@ XLA_ATTRS = ("_XlaMustCompile", "_xla_compile_id", "_XlaScope", "_XlaInternalSco
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
-def drop_xla_marks(graph_def):
-    """A copy of `graph_def` whose function calls and functions carry no XLA compile marks."""
-    graph_def = type(graph_def).FromString(graph_def.SerializeToString())
+def drop_xla_marks(graph_def, in_place=False):
+    """A copy of `graph_def` (or `graph_def` itself, `in_place`) whose function calls and
+    functions carry no XLA compile marks."""
+    if not in_place:
+        graph_def = type(graph_def).FromString(graph_def.SerializeToString())
     bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
     for nodes in bodies:
         for node in nodes:
@@ -88,14 +113,30 @@ def canonicalize(model: Model) -> Model:
     Inputs and outputs keep their names: grappler preserves fetched nodes, and placeholders
     are never folded. What was rewritten is in `model.notes`.
     """
+    return canonicalize_owned([model], owned=False)
+
+
+def canonicalize_owned(box: list, owned: bool = True) -> Model:
+    """`canonicalize(box.pop())` for a loader's own intermediate model, given in a one-item
+    list that is emptied so that nothing else holds it: its GraphDef is edited in place and
+    dropped as soon as TensorFlow holds a copy (one copy of the weights fewer at the peak)."""
     from amct_targets.graph.einsum import einsum_to_matmul
     from amct_targets.graph.grouped_conv import split_grouped_convs
+    from amct_targets.graph.set_aside import restore_weights, set_aside_weights
+    from amct_targets.memory import release
 
+    model = box.pop()
     fetch = sorted(set(model.output_nodes) | set(model.input_names))
-    graph_def = model.graph_def
-    if any(n.op in CALL_OPS for n in graph_def.node):
-        graph_def = drop_xla_marks(graph_def)
-    optimized = run_grappler(graph_def, fetch)
+    graph = [model.graph_def]
+    model = model.replace(graph_def=None)
+    if owned:
+        release()   # what the loader dropped before handing over (TF functions, Keras)
+    if any(n.op in CALL_OPS for n in graph[0].node):
+        graph = [drop_xla_marks(graph.pop(), in_place=owned)]
+    light, aside = set_aside_weights(graph.pop(), fetch)   # weights grappler cannot touch
+    optimized = run_grappler([light], fetch)
+    restore_weights(optimized, aside)
+    del aside
     if not any(n.op in CALL_OPS for n in optimized.node):
         optimized.ClearField("library")   # every call inlined: ATC needs no function library
     optimized, grouped = split_grouped_convs(optimized, model.source)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from amct_targets.errors import ModelError, PluginError
-from amct_targets.graph.canonicalize import canonicalize
+from amct_targets.graph.canonicalize import canonicalize, canonicalize_owned
 from amct_targets.graph.model import Model, TensorSpec, node_name, tensor_name
 from amct_targets.safe_io import require_regular_file
 
@@ -125,7 +125,10 @@ def _select_outputs(graph_def, outputs, where) -> tuple[str, ...]:
 
 
 def model_from_graph_def(graph_def: "graph_pb2.GraphDef", *, outputs=None, where="<graph>",
-                         name="model", require_frozen=True, canonical=True) -> Model:
+                         name="model", require_frozen=True, canonical=True,
+                         consume=False) -> Model:
+    """`consume`: the caller holds no other reference to `graph_def` (canonicalization drops
+    it as soon as TensorFlow holds a copy)."""
     if require_frozen:
         variables = variable_nodes(graph_def)
         if variables:
@@ -134,32 +137,41 @@ def model_from_graph_def(graph_def: "graph_pb2.GraphDef", *, outputs=None, where
                              "(convert_variables_to_constants_v2) or pass the SavedModel folder")
     model = Model(graph_def, placeholder_specs(graph_def),
                   _select_outputs(graph_def, outputs, where), source=where, name=name)
-    return canonicalize(model) if canonical else model
+    if not canonical or not consume:
+        return canonicalize(model) if canonical else model
+    box = [model]
+    del model, graph_def
+    return canonicalize_owned(box)
 
 
 def _freeze_concrete_function(concrete_fn, where, name) -> Model:
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
+    """The frozen graph of `concrete_fn`, not yet canonical; TF's frozen function is dropped
+    before returning, so only the GraphDef holds the weights."""
+    from amct_targets.graph.set_aside import freeze_without_weights, restore_values
 
     try:
-        frozen = convert_variables_to_constants_v2(concrete_fn)
+        frozen, aside = freeze_without_weights(concrete_fn)
     except Exception as exc:  # TensorFlow raises many types here; all mean "cannot freeze"
         raise ModelError(f"{where}: TensorFlow could not freeze the model: {exc}") from None
     graph_def = frozen.graph.as_graph_def()
+    restore_values(graph_def, aside)
     inputs = [t for t in frozen.inputs if t.dtype.name != "resource"]
     input_names = [t.op.name for t in inputs]
     outputs = [t.name for t in frozen.outputs]
-    model = Model(graph_def, (), tuple(outputs), source=where, name=name)
+    del frozen, inputs, aside
     specs = {s.name: s for s in placeholder_specs(graph_def)}
-    model = model.replace(inputs=tuple(specs[n] for n in input_names))
-    return canonicalize(model)
+    return Model(graph_def, tuple(specs[n] for n in input_names), tuple(outputs), source=where,
+                 name=name)
 
 
 def model_from_keras(keras_model, where="<keras model>", name=None) -> Model:
     """Freeze a Keras model called with its own input structure: one tensor, a list, or a
     dict (keras-hub's `token_ids`/`padding_mask`/...); inputs are named by their dict key,
     else by their Input layer's name."""
+    return canonicalize_owned([_frozen_keras(keras_model, where, name)])
+
+
+def _frozen_keras(keras_model, where, name) -> Model:
     import tensorflow as tf
 
     try:
@@ -211,7 +223,9 @@ def model_from_saved_model(path: Path, signature: str | None = None) -> Model:
                         else sorted(signatures)[0])
     if key not in signatures:
         raise ModelError(f"{path}: no signature '{key}'; it has {sorted(signatures)}")
-    return _freeze_concrete_function(signatures[key], str(path), path.name)
+    box = [_freeze_concrete_function(signatures[key], str(path), path.name)]
+    del loaded, signatures   # TF's variables: the frozen GraphDef holds the weights now
+    return canonicalize_owned(box)
 
 
 def load_model(source: Any, *, outputs=None, input_shapes: Mapping | None = None,
@@ -267,19 +281,24 @@ def _load_path(path: Path, outputs) -> Model:
         raise ModelError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5", ".hdf5"):
-        import keras
-
-        try:
-            keras_model = keras.models.load_model(str(path), compile=False)
-        except Exception as exc:  # keras raises ValueError, OSError, TypeError ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{path}: Keras cannot load this model: {first}") from None
-        model = model_from_keras(keras_model, str(path), path.stem)
+        # The Keras model lives only in _frozen_keras's frame, the frozen model only in
+        # canonicalize_owned's: each copy of the weights goes as soon as the next exists.
+        model = canonicalize_owned([_frozen_keras(_load_keras(path), str(path), path.stem)])
         if outputs:
             model = model.replace(outputs=_select_outputs(model.graph_def, outputs, str(path)))
         return model
-    graph_def = read_graph_def(path)
-    return model_from_graph_def(graph_def, outputs=outputs, where=str(path), name=path.stem)
+    return model_from_graph_def(read_graph_def(path), outputs=outputs, where=str(path),
+                                name=path.stem, consume=True)
+
+
+def _load_keras(path: Path):
+    import keras
+
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # keras raises ValueError, OSError, TypeError ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: Keras cannot load this model: {first}") from None
 
 
 def parse_input_shapes(text: str) -> dict[str, tuple[int, ...]]:

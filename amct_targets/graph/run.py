@@ -16,6 +16,9 @@ from amct_targets.errors import ConfigError, ModelError, first_line
 from amct_targets.graph.model import node_name, tensor_name
 
 MAX_EXPANSION_ROUNDS = 4   # an expander may emit another registered op, which expands next
+CAPTURED_CONST_BYTES = 1 << 16   # Consts this large enter a function as captured tensors
+# Their dtypes (numpy's own): float, int, uint, bool (TF's DataType numbers).
+CAPTURED_DTYPES = frozenset({1, 2, 3, 4, 5, 6, 9, 10, 17, 19, 22, 23})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -201,6 +204,44 @@ class GraphRunner:
         return dict(zip(self.fetch_names, self(*arrays)))
 
 
+def _large_consts(graph_def) -> set[str]:
+    """Consts of at least CAPTURED_CONST_BYTES outside any control dependency (a Const with
+    a control input may live in a loop frame, so it stays where it is)."""
+    return {n.name for n in graph_def.node if n.op == "Const" and
+            not any(i.startswith("^") for i in n.input) and
+            n.attr["dtype"].type in CAPTURED_DTYPES and
+            n.attr["value"].tensor.ByteSize() >= CAPTURED_CONST_BYTES}
+
+
+def import_into_function(graph_def, name: str = "", input_map=None) -> None:
+    """Import `graph_def` into the function being traced, its large Consts (the weights)
+    captured as eager tensors: TF copies an embedded Const's value at every stage of a
+    function's life (traced graph, function library, instantiated kernels); a captured
+    tensor is one copy, handed to each call by reference. Same values, same ops."""
+    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
+    from tensorflow.python.framework import tensor_util
+
+    large = _large_consts(graph_def)
+    mapping = dict(input_map or {})
+    if large:
+        light = graph_pb2.GraphDef()
+        light.versions.CopyFrom(graph_def.versions)
+        light.library.CopyFrom(graph_def.library)
+        graph = tf.compat.v1.get_default_graph()
+        for node in graph_def.node:
+            if node.name not in large:
+                light.node.add().CopyFrom(node)
+                continue
+            stub = light.node.add(name=node.name, op="Placeholder", device=node.device)
+            stub.attr["dtype"].CopyFrom(node.attr["dtype"])
+            with tf.init_scope():   # an eager tensor, outside the traced graph
+                value = tf.constant(tensor_util.MakeNdarray(node.attr["value"].tensor))
+            mapping.setdefault(tensor_name(node.name), graph.capture(value))
+        graph_def = light
+    tf.compat.v1.import_graph_def(graph_def, name=name, input_map=mapping)
+
+
 def compile_graph(graph_def, feeds: Sequence[str], extend: Callable, *, ops,
                   where: str = "<graph>") -> Callable:
     """fn(*arrays) -> numpy values of the flat tensor list `extend(graph, tensor)` returns;
@@ -226,8 +267,8 @@ def compile_graph(graph_def, feeds: Sequence[str], extend: Callable, *, ops,
     placeholders = []
 
     def body(*args):
-        tf.compat.v1.import_graph_def(graph_def, name="", input_map={
-            tensor_name(f): a for f, a in zip(feeds, args)})
+        import_into_function(graph_def, input_map={tensor_name(f): a
+                                                   for f, a in zip(feeds, args)})
         graph = tf.compat.v1.get_default_graph()
         placeholders.extend(graph.get_tensor_by_name(tensor_name(f)) for f in feeds)
         mapped = {tensor_name(f): a for f, a in zip(feeds, args)}

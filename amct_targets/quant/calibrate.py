@@ -17,6 +17,7 @@ from amct_targets.calibration.stats import ActivationStats, batch_summary_tensor
 from amct_targets.errors import ConfigError
 from amct_targets.graph.model import Model
 from amct_targets.graph.run import compile_graph
+from amct_targets.memory import release
 from amct_targets.quant.algorithms import StatsRequest
 
 SUMMARY_KEYS = ("count", "finite", "min", "max", "top", "bottom", "hist")
@@ -109,4 +110,6 @@ def calibrate(model: Model, requests: Mapping[str, StatsRequest],
                                   "the calibration data like the training data")
             stats[name].update(chunk)
         del results
+    del run
+    release()   # the function's graph and kernels, before the next step builds its own
     return stats, {}

@@ -14,6 +14,7 @@ from amct_targets.errors import describe
 from amct_targets.graph.layout import bias_of
 from amct_targets.graph.model import Model, tensor_name
 from amct_targets.graph.pattern import GraphIndex
+from amct_targets.memory import release
 from amct_targets.quant.algorithms import StatsRequest
 from amct_targets.quant.calibrate import merge_requests
 from amct_targets.quant.config import QuantSettings, amct_config_json, record_text
@@ -120,7 +121,7 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
     so neither model's activations ever reach numpy and the graph is imported once."""
     import tensorflow as tf
 
-    from amct_targets.graph.run import compile_graph, expand_custom_ops
+    from amct_targets.graph.run import compile_graph, expand_custom_ops, import_into_function
 
     index = GraphIndex(model.graph_def)
     float_names = [layer_output(index, q.layer) for q in quants]
@@ -128,7 +129,7 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
     sim_graph = expand_custom_ops(deployed.graph_def, ops, model.source)
 
     def extend(graph, tensor):
-        tf.compat.v1.import_graph_def(sim_graph, name="sim", input_map={
+        import_into_function(sim_graph, name="sim", input_map={
             tensor_name(n): tensor(n) for n in deployed.input_names})
         sums = []
         for f, s in zip(float_names, sim_names):
@@ -142,6 +143,8 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
                         where=model.source)
     names = [q.layer.name for q in quants]
     values = run(*[sample[n] for n in model.input_names])
+    del run
+    release()   # both imported graphs and their kernels
     result = {}
     for position, name in enumerate(names):
         dot, ref2, act2, noise = (float(v) for v in values[4 * position:4 * position + 4])

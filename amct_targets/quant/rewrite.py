@@ -104,6 +104,9 @@ def quantize_graph(model: Model, quants: list[LayerQuant]) -> tuple[Model, list[
         _rewire(graph_def, last, dequant, skip={dequant})
     _drop_unused_consts(graph_def, replaced | {q.layer.weight_node for q in quants})
     notes = _relu6_to_relu(graph_def, quants)
+    # A protobuf keeps the memory of deleted nodes (the float weights) until it dies: a
+    # fresh copy holds only the int8 graph.
+    graph_def = graph_pb2.GraphDef.FromString(graph_def.SerializeToString())
     return model.replace(graph_def=graph_def, outputs=tuple(outputs)), notes
 
 
