@@ -25,7 +25,6 @@ from amct_targets.retrain.recover import retrain
 from amct_targets.retrain.trainable import TrainableGraph
 
 DEFAULTS = {"learning_rate": 1e-3}
-RENORM_SAMPLES = 256   # samples of --train for the batch-norm re-estimation (one batch)
 
 
 def _mask(edit, kept, channels, shape) -> np.ndarray:
@@ -66,17 +65,10 @@ def plan_pruning(model, config: Mapping[str, Any], align: int | None,
 def _reestimate(model: Model, masked: Model, masks, ctx) -> Model:
     """The masked model with every BN-folded layer re-normalised to the float model's
     channel statistics, pruned channels to zero (retrain/renorm.py)."""
-    from amct_targets.graph.layout import Layer, resolve_layer
-    from amct_targets.retrain.renorm import reestimate, with_consts
+    from amct_targets.retrain.renorm import reestimate_in_pass, with_consts
 
-    index = GraphIndex(masked.graph_def)
-    every = [found for node in masked.graph_def.node
-             if isinstance(found := resolve_layer(index, node, ctx.layouts), Layer)
-             and found.weight is not None]
-    samples = ctx.training.first_inputs(model, RENORM_SAMPLES)
-    values, record = reestimate(model, masked, every, samples, ctx.ops, const_masks=masks)
-    ctx.report.metrics["bn_reestimation"] = record
-    return with_consts(masked, values)
+    return with_consts(masked, reestimate_in_pass(model, masked, ctx, scan=masked,
+                                                  const_masks=masks))
 
 
 def prune(model: Model, ctx) -> Model:

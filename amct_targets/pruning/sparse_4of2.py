@@ -22,7 +22,6 @@ from amct_targets.retrain.trainable import TrainableGraph
 SPARSE_OPS = ("Conv2D", "MatMul", "Conv2DBackpropInput")   # AMCT's 4:2 layer types
 GROUP, KEEP = 4, 2
 DEFAULTS = {"learning_rate": 1e-3}   # chosen on digits_cnn with BN re-estimation + distillation
-RENORM_SAMPLES = 256   # samples of --train for the batch-norm re-estimation (one batch)
 
 
 def mask_4of2(weights: np.ndarray, cin_axis: int) -> np.ndarray:
@@ -73,18 +72,12 @@ def eligible_layers(model: Model, config: Mapping[str, Any], layouts: Mapping = 
 def _reestimate(model: Model, layers, masks, ctx) -> Model:
     """The dense model with every BN-folded layer's weights and bias re-estimated for the
     masked model (retrain/renorm.py); training starts from it."""
-    from amct_targets.retrain.renorm import reestimate, with_consts
+    from amct_targets.retrain.renorm import reestimate_in_pass, with_consts
 
     index = GraphIndex(model.graph_def)
     masked = with_consts(model, {layer.weight: index.const_value(index.nodes[layer.weight])
                                  * masks[layer.name] for layer in layers})
-    every = [found for node in model.graph_def.node
-             if isinstance(found := resolve_layer(index, node, ctx.layouts), Layer)
-             and found.weight is not None]
-    samples = ctx.training.first_inputs(model, RENORM_SAMPLES)
-    values, record = reestimate(model, masked, every, samples, ctx.ops, base=model)
-    ctx.report.metrics["bn_reestimation"] = record
-    return with_consts(model, values)
+    return with_consts(model, reestimate_in_pass(model, masked, ctx, scan=model, base=model))
 
 
 def sparsify(model: Model, ctx) -> Model:

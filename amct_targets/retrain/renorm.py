@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
-from amct_targets.graph.layout import Layer, bias_of
+from amct_targets.graph.layout import Layer, bias_of, resolve_layer
 from amct_targets.graph.model import Model, node_name, tensor_name
 from amct_targets.graph.pattern import GraphIndex
 
@@ -177,6 +177,24 @@ def reestimate(float_model: Model, compressed: Model, layers: Sequence[Layer],
     return values, {"layers": len(targets), "samples": int(len(next(iter(samples.values())))),
                     "scale_min": round(float(every.min()), 4),
                     "scale_max": round(float(every.max()), 4)}
+
+
+RENORM_SAMPLES = 256   # samples of --train for the batch-norm re-estimation (one batch)
+
+
+def reestimate_in_pass(float_model: Model, compressed: Model, ctx, *, scan: Model,
+                       **options) -> dict[str, np.ndarray]:
+    """`reestimate` over every weighted layer of `scan`, on the first RENORM_SAMPLES
+    training samples; the record goes to the pass's `bn_reestimation` metric. For the
+    retraining passes that mask weights (4:2, channel pruning)."""
+    index = GraphIndex(scan.graph_def)
+    every = [found for node in scan.graph_def.node
+             if isinstance(found := resolve_layer(index, node, ctx.layouts), Layer)
+             and found.weight is not None]
+    samples = ctx.training.first_inputs(float_model, RENORM_SAMPLES)
+    values, record = reestimate(float_model, compressed, every, samples, ctx.ops, **options)
+    ctx.report.metrics["bn_reestimation"] = record
+    return values
 
 
 def with_consts(model: Model, values: Mapping[str, np.ndarray]) -> Model:
