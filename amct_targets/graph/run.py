@@ -14,9 +14,10 @@ import numpy as np
 
 from amct_targets.errors import ConfigError, ModelError, first_line
 from amct_targets.graph.model import node_name, tensor_name
+from amct_targets.graph.set_aside import SET_ASIDE_BYTES
 
 MAX_EXPANSION_ROUNDS = 4   # an expander may emit another registered op, which expands next
-CAPTURED_CONST_BYTES = 1 << 16   # Consts this large enter a function as captured tensors
+CAPTURED_CONST_BYTES = SET_ASIDE_BYTES   # Consts this large enter a function captured
 # Their dtypes (numpy's own): float, int, uint, bool (TF's DataType numbers).
 CAPTURED_DTYPES = frozenset({1, 2, 3, 4, 5, 6, 9, 10, 17, 19, 22, 23})
 
@@ -204,10 +205,10 @@ class GraphRunner:
         return dict(zip(self.fetch_names, self(*arrays)))
 
 
-def _large_consts(graph_def) -> set[str]:
+def _large_consts(graph_def) -> dict:
     """Consts of at least CAPTURED_CONST_BYTES outside any control dependency (a Const with
     a control input may live in a loop frame, so it stays where it is)."""
-    return {n.name for n in graph_def.node if n.op == "Const" and
+    return {n.name: n for n in graph_def.node if n.op == "Const" and
             not any(i.startswith("^") for i in n.input) and
             n.attr["dtype"].type in CAPTURED_DTYPES and
             n.attr["value"].tensor.ByteSize() >= CAPTURED_CONST_BYTES}
@@ -219,26 +220,19 @@ def import_into_function(graph_def, name: str = "", input_map=None) -> None:
     function's life (traced graph, function library, instantiated kernels); a captured
     tensor is one copy, handed to each call by reference. Same values, same ops."""
     import tensorflow as tf
-    from tensorflow.core.framework import graph_pb2
-    from tensorflow.python.framework import tensor_util
+
+    from amct_targets.graph.nodes import const_value
+    from amct_targets.graph.set_aside import with_stand_ins
 
     large = _large_consts(graph_def)
     mapping = dict(input_map or {})
     if large:
-        light = graph_pb2.GraphDef()
-        light.versions.CopyFrom(graph_def.versions)
-        light.library.CopyFrom(graph_def.library)
         graph = tf.compat.v1.get_default_graph()
-        for node in graph_def.node:
-            if node.name not in large:
-                light.node.add().CopyFrom(node)
-                continue
-            stub = light.node.add(name=node.name, op="Placeholder", device=node.device)
-            stub.attr["dtype"].CopyFrom(node.attr["dtype"])
+        for node in large.values():
             with tf.init_scope():   # an eager tensor, outside the traced graph
-                value = tf.constant(tensor_util.MakeNdarray(node.attr["value"].tensor))
+                value = tf.constant(const_value(node))
             mapping.setdefault(tensor_name(node.name), graph.capture(value))
-        graph_def = light
+        graph_def = with_stand_ins(graph_def, large)
     tf.compat.v1.import_graph_def(graph_def, name=name, input_map=mapping)
 
 

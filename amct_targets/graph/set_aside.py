@@ -92,20 +92,28 @@ def set_aside_weights(graph_def, fetch) -> tuple[object, dict]:
             dropped.add(node.name)
     if not aside:
         return graph_def, {}
+    return with_stand_ins(graph_def, aside, dropped), aside
+
+
+def with_stand_ins(graph_def, consts: dict, dropped=frozenset()):
+    """A copy of `graph_def` where each node named in `consts` is a Placeholder of the dtype
+    and shape of the Const NodeDef it maps to, and the nodes in `dropped` are gone."""
+    from tensorflow.core.framework import graph_pb2
+
     light = graph_pb2.GraphDef()
     light.versions.CopyFrom(graph_def.versions)
     light.library.CopyFrom(graph_def.library)
     for node in graph_def.node:
         if node.name in dropped:
             continue
-        if node.name not in aside:
+        if node.name not in consts:
             light.node.add().CopyFrom(node)
             continue
-        const = aside[node.name]
+        const = consts[node.name]
         stub = light.node.add(name=node.name, op="Placeholder", device=const.device)
         stub.attr["dtype"].CopyFrom(const.attr["dtype"])
         stub.attr["shape"].shape.CopyFrom(const.attr["value"].tensor.tensor_shape)
-    return light, aside
+    return light
 
 
 def restore_weights(graph_def, aside: dict) -> None:
