@@ -22,7 +22,7 @@ class Shape:
 def _extremes(x: np.ndarray, k: int, dynamic: bool):
     import tensorflow as tf
 
-    from amct_targets.calibration.stats import extreme_values
+    from amct_targets.calibration.stats import _row_extremes, extreme_values
 
     shape = (None,) + x.shape[1:] if dynamic else x.shape
 
@@ -30,8 +30,9 @@ def _extremes(x: np.ndarray, k: int, dynamic: bool):
     def run(t):
         flat = tf.reshape(t, [-1])
         kept = tf.minimum(k, tf.size(flat))
-        return (extreme_values(t, flat, kept, k, x.size, largest=True),
-                extreme_values(t, flat, kept, k, x.size, largest=False))
+        split = _row_extremes(t, flat, k, x.size)
+        return (extreme_values(flat, kept, split, largest=True),
+                extreme_values(flat, kept, split, largest=False))
 
     top, bottom = run(tf.constant(x))
     return top.numpy(), bottom.numpy()

@@ -84,24 +84,34 @@ def row_split(shape, k: int, size: int | None) -> int | None:
     return None if best is None or best[0] >= size else best[1]
 
 
-def extreme_values(x, flat, kept, k: int, size_hint: int | None, largest: bool):
-    """The `kept` largest (descending) or smallest (ascending) values of `flat`, exactly.
-
-    One top-k over millions of values runs on one thread and dominated calibration. With
-    the tensor seen as rows of `cols` (row_split), the k extremes of the whole lie in the k
-    rows with the most extreme row maxima (any value among them is at least the k-th row
-    maximum, which k values reach): a parallel reduce_max, a top-k over the row maxima, a
-    gather of k rows and one top-k over those k * cols values give the same values."""
+def _row_extremes(x, flat, k: int, size_hint: int | None):
+    """(rows, row maxima, row minima) of `flat` seen as rows of `cols` (row_split), or None
+    when a plain top-k is as good."""
     import tensorflow as tf
 
     static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
     cols = row_split(x.shape, int(k), static)
-    sign = 1.0 if largest else -1.0
     if cols is None:
-        return tf.math.top_k(flat, kept, sorted=True).values if largest else \
-            -tf.math.top_k(-flat, kept, sorted=True).values
+        return None
     rows = tf.reshape(flat, [-1, cols])
-    extreme = tf.reduce_max(rows, axis=1) if largest else -tf.reduce_min(rows, axis=1)
+    return rows, tf.reduce_max(rows, axis=1), tf.reduce_min(rows, axis=1)
+
+
+def extreme_values(flat, kept, split, largest: bool):
+    """The `kept` largest (descending) or smallest (ascending) values of `flat`, exactly.
+
+    One top-k over millions of values runs on one thread and dominated calibration. With
+    the tensor seen as rows (`split` = _row_extremes), the k extremes of the whole lie in the
+    k rows with the most extreme row maxima (any value among them is at least the k-th row
+    maximum, which k values reach): a top-k over the row maxima, a gather of k rows and one
+    top-k over those k * cols values give the same values."""
+    import tensorflow as tf
+
+    sign = 1.0 if largest else -1.0
+    if split is None:
+        return sign * tf.math.top_k(sign * flat, kept, sorted=True).values
+    rows, row_max, row_min = split
+    extreme = row_max if largest else -row_min
     take = tf.minimum(kept, tf.shape(extreme)[0])
     chosen = tf.gather(rows, tf.math.top_k(extreme, take, sorted=False).indices)
     return sign * tf.math.top_k(sign * tf.reshape(chosen, [-1]), kept, sorted=True).values
@@ -112,7 +122,11 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
 
     `top` holds the min(k, size) largest values in descending order, `bottom` the smallest in
     ascending order; `hist` counts over [min, max], or over [min, min + max(1, |min|)] when
-    min == max, which puts every value in bin 0."""
+    min == max, which puts every value in bin 0.
+
+    A large tensor is read twice in full (its row maxima and row minima); min and max are the
+    extremes of those (the same values, NaN included), the histogram sees a 1M-value sample
+    and the top-k only k rows."""
     import tensorflow as tf
 
     flat = tf.reshape(tf.cast(x, tf.float32), [-1])
@@ -123,9 +137,11 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     sample = flat[::stride] if stride > 1 else flat
     kept = tf.minimum(tf.constant(int(k), tf.int32), tf.size(flat))
     nonempty = count > 0
+    split = _row_extremes(x, flat, k, size_hint)
+    smallest, largest = (flat, flat) if split is None else (split[2], split[1])
     # An empty batch would give min = +inf; 0 keeps the histogram op well defined.
-    low = tf.where(nonempty, tf.reduce_min(flat), 0.0)
-    high = tf.where(nonempty, tf.reduce_max(flat), 0.0)
+    low = tf.where(nonempty, tf.reduce_min(smallest), 0.0)
+    high = tf.where(nonempty, tf.reduce_max(largest), 0.0)
     hist_high = tf.where(high > low, high, low + tf.maximum(1.0, tf.abs(low)))
     # inf or NaN activations (data far out of range) are reported, never histogrammed: the
     # histogram kernel would index out of bounds. A range wider than float32 (-3e38..3e38)
@@ -141,13 +157,13 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     safe = tf.where(finite, sample * factor, tf.zeros_like(sample))
     limits = tf.where(finite, tf.stack([low, hist_high]) * factor, tf.constant([0.0, 1.0]))
     hist = tf.histogram_fixed_width(safe, limits, nbins=int(bins), dtype=tf.int64)
-    bottom = extreme_values(x, flat, kept, k, size_hint, largest=False)
+    bottom = extreme_values(flat, kept, split, largest=False)
     return {
         "count": count,
         "finite": finite,
         "min": low,
         "max": high,
-        "top": extreme_values(x, flat, kept, k, size_hint, largest=True),
+        "top": extreme_values(flat, kept, split, largest=True),
         # After a ReLU nothing is below 0 and IFMR clamps min0 to 0 anyway: the batch
         # minimum stands for every bottom value (as before; the values are then exact).
         "bottom": tf.where(low < 0.0, bottom, tf.fill([kept], low)),
