@@ -126,3 +126,60 @@ def test_functions_capture_large_weights_instead_of_embedding_them(monkeypatch):
     weights = next(tf.make_ndarray(n.attr["value"].tensor) for n in graph_def.node
                    if n.name == "w")
     np.testing.assert_allclose(captured, np.maximum(feed @ weights, 0), rtol=1e-5, atol=1e-4)
+
+
+POOL_PROBE = """
+import gc, json, os, sys
+from amct_targets.quiet import import_tensorflow_quietly
+import_tensorflow_quietly()
+import tensorflow as tf
+x = tf.zeros([512, 512])
+try:
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+except ValueError:   # the default allocator keeps no statistics
+    peak = None
+print(json.dumps({"peak": peak, "env": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
+                  "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "false"])
+def test_tool_import_uses_the_pool_allocator_unless_the_user_chose(user_value):
+    """The pool allocator (docs/speed.md) is on when the tool imports TensorFlow, the variable
+    does not leak to child processes, a user's own setting wins; TF's import-time objects
+    are frozen out of the garbage collector."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if user_value is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_value
+    out = subprocess.run([sys.executable, "-c", POOL_PROBE], env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["env"] == user_value
+    assert probe["frozen"] > 100_000
+    if user_value is None:
+        assert probe["peak"] >= 512 * 512 * 4    # the pool's statistics: it is in use
+    else:
+        assert probe["peak"] is None
+
+
+def test_fidelity_sums_match_float64_numpy():
+    """The per-layer fidelity's float32 row sums, added in float64, give the float64 sums to
+    1e-6 relative, on a conv-like activation whose simulated twin is 99.99% similar."""
+    import tensorflow as tf
+
+    from amct_targets.quant.int8 import _pair_sums
+
+    rng = np.random.default_rng(3)
+    ref = np.maximum(rng.standard_t(4, size=(8, 28, 28, 96)), 0).astype(np.float32) * 7.0
+    act = (ref + rng.normal(scale=0.05, size=ref.shape)).astype(np.float32)
+    got = [float(v) for v in _pair_sums(tf.constant(ref), tf.constant(act))]
+    r, a = ref.astype(np.float64).ravel(), act.astype(np.float64).ravel()
+    want = [r @ a, r @ r, a @ a, np.sum((r - a) ** 2)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    cosine = got[0] / np.sqrt(got[1] * got[2])
+    assert abs(cosine - want[0] / np.sqrt(want[1] * want[2])) < 1e-9
