@@ -183,3 +183,32 @@ def test_fidelity_sums_match_float64_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     cosine = got[0] / np.sqrt(got[1] * got[2])
     assert abs(cosine - want[0] / np.sqrt(want[1] * want[2])) < 1e-9
+
+
+def test_nested_functions_of_tool_graphs_run_without_grappler():
+    """A TF function called inside a tool graph (the calibration summaries, the fidelity
+    sums) keeps the session config of its tracing in its call op: it must say grappler off,
+    or grappler optimizes every nested function on the first run (seconds on a ResNet)."""
+    import tensorflow as tf
+
+    from amct_targets.graph import run
+    from amct_targets.hooks.manager import default_plugins
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        tf.nn.relu(x, name="y")
+    square_sum = tf.function(lambda t: tf.reduce_sum(t * t), autograph=False)
+    seen = {}
+
+    def extend(g, tensor):
+        seen["graph"] = g
+        return [square_sum(tensor("y"))]
+
+    fn = run.compile_graph(graph.as_graph_def(), ["x"], extend, ops=default_plugins().ops)
+    assert float(fn(np.array([[1, -2, 3, 4]], np.float32))[0]) == 26.0
+    calls = [o for o in seen["graph"].get_operations() if "PartitionedCall" in o.type]
+    assert calls
+    for op in calls:
+        config = tf.compat.v1.ConfigProto.FromString(op.get_attr("config_proto"))
+        assert config.graph_options.rewrite_options.disable_meta_optimizer

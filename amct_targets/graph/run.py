@@ -274,7 +274,10 @@ def compile_graph(graph_def, feeds: Sequence[str], extend: Callable, *, ops,
         return list(extend(graph, tensor))
 
     try:
-        wrapped = tf.compat.v1.wrap_function(body, specs)
+        # Traced with grappler off too: a nested TF function's call op keeps the config of
+        # its tracing, and grappler would optimize each nested function on its first run.
+        with tool_run_options():
+            wrapped = tf.compat.v1.wrap_function(body, specs)
     except (ValueError, TypeError, tf.errors.OpError) as exc:
         raise ModelError(f"{where}: TensorFlow cannot import this graph: "
                          f"{_first_line(exc)}") from None
