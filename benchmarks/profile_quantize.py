@@ -13,6 +13,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -114,7 +115,8 @@ def main() -> None:
              f"build wall seconds (in process, TF imported before): {seconds:.2f}",
              "pass seconds: " + json.dumps({p["name"]: p["seconds"] for p in report["passes"]}),
              "", text.getvalue()]
-    lines[3:3] = ["## calibration ablation"] + ablation(pb, npz, args.batch) + [""]
+    if not os.environ.get("NO_ABLATION"):
+        lines[3:3] = ["## calibration ablation"] + ablation(pb, npz, args.batch) + [""]
     path = HERE / "results" / f"profile_quantize_{args.label}.txt"
     path.write_text("\n".join(lines))
     print("\n".join(lines[:3]))

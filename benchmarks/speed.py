@@ -15,7 +15,10 @@ here and its peak RSS read by GNU time (%M).
 - ptq: the one-target build over a plain TF process that loads the .pb and runs the same 4
   batches, and over a process running TFLite's INT8 converter on the same .pb and samples.
 - cost: ResNet50 224x224, 4 batches of 32: the quantize pass (report.json seconds) over the
-  bare fp32 forward passes of the same batches; peak RSS of the build over fp32 inference.
+  bare fp32 forward passes of the same batches (a plain TF process, and the same with the
+  pool allocator the build uses); peak RSS of the build over fp32 inference.
+The measured processes of the all, ptq and cost suites run in turn 3 times; every number is
+the median of the 3 (the runs are kept in speed.json).
 - cli: `targets`, `passes`, `--help`, `--version` over `python -c "import tensorflow"`.
 - retrain: QAT / channel pruning / 4:2 pass seconds over a plain Keras fit of the same model,
   data, epochs and batch size (ResNet50 at 64x64, 10 classes, 256 samples, 2 epochs).
@@ -116,11 +119,12 @@ def prepare() -> dict:
 
 # --- measured processes --------------------------------------------------------------------------
 
-def run(argv: list[str], code: str | None = None, cwd: str | None = None) -> dict:
+def run(argv: list[str], code: str | None = None, cwd: str | None = None,
+        env_extra: dict | None = None) -> dict:
     """Run one process; its wall seconds, peak RSS (MB, GNU time's %M: the measured process
     is forked from the small `time` process, so no parent's pages count) and last stdout
     line."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
     if code:
         env["PYTHONPATH"] = code
     with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
@@ -210,35 +214,81 @@ def child_fit(keras_file: str, npz: str) -> None:
 
 # --- suites ------------------------------------------------------------------------------------
 
+REPEATS = 3   # measured processes run in turn this many times; ratios use the medians
+
+
+def median_runs(measures: dict, repeats: int = REPEATS) -> dict[str, list]:
+    """{name: [result of each repeat]}: the measures run in turn (a, b, a, b, ...), so slow
+    phases of this shared machine hit them alike."""
+    runs: dict[str, list] = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            runs[name].append(measure())
+    return runs
+
+
+def median(values) -> float:
+    return float(np.median([float(v) for v in values]))
+
+
 def suite_all(files, code) -> dict:
     pb, npz = files[160]
-    one, one_reports = build(pb, npz, [TARGET], 16, code)
-    every, reports = build(pb, npz, ["all"], 16, code)
-    return {"one_target": one, "all_targets": every, "targets": sorted(reports),
-            "quantize_pass_seconds_one": pass_seconds(one_reports[TARGET], "quantize"),
-            "all_over_one": every["seconds"] / one["seconds"],
-            "all_over_one_peak_rss": every["peak_rss_mb"] / one["peak_rss_mb"]}
+    runs = median_runs({"one": lambda: build(pb, npz, [TARGET], 16, code),
+                        "all": lambda: build(pb, npz, ["all"], 16, code)})
+    one = [r[0] for r in runs["one"]]
+    every = [r[0] for r in runs["all"]]
+    return {"one_target": {"seconds": median(r["seconds"] for r in one),
+                           "peak_rss_mb": median(r["peak_rss_mb"] for r in one), "runs": one},
+            "all_targets": {"seconds": median(r["seconds"] for r in every),
+                            "peak_rss_mb": median(r["peak_rss_mb"] for r in every),
+                            "runs": every},
+            "targets": sorted(runs["all"][0][1]),
+            "quantize_pass_seconds_one": median(pass_seconds(r[1][TARGET], "quantize")
+                                                for r in runs["one"]),
+            "all_over_one": median(r["seconds"] for r in every) / median(
+                r["seconds"] for r in one),
+            "all_over_one_peak_rss": median(r["peak_rss_mb"] for r in every) / median(
+                r["peak_rss_mb"] for r in one)}
 
 
 def suite_ptq(files, code) -> dict:
     pb, npz = files[160]
-    plain = run(child(["plain_tf", str(pb), str(npz), "16", "0"]))
-    one, _ = build(pb, npz, [TARGET], 16, code)
-    tflite = run(child(["tflite", str(pb), str(npz)]))
-    return {"plain_tf": plain, "one_target": one, "tflite": tflite,
-            "build_over_plain_tf": one["seconds"] / plain["seconds"],
-            "build_over_tflite": one["seconds"] / tflite["seconds"]}
+    runs = median_runs({"plain": lambda: run(child(["plain_tf", str(pb), str(npz), "16", "0"])),
+                        "one": lambda: build(pb, npz, [TARGET], 16, code)[0],
+                        "tflite": lambda: run(child(["tflite", str(pb), str(npz)]))})
+    seconds = {name: median(r["seconds"] for r in results) for name, results in runs.items()}
+    return {"plain_tf": {"seconds": seconds["plain"], "runs": runs["plain"]},
+            "one_target": {"seconds": seconds["one"], "runs": runs["one"]},
+            "tflite": {"seconds": seconds["tflite"], "runs": runs["tflite"]},
+            "build_over_plain_tf": seconds["one"] / seconds["plain"],
+            "build_over_tflite": seconds["one"] / seconds["tflite"]}
 
 
 def suite_cost(files, code) -> dict:
+    """The quantize pass over the bare forward passes of a plain TF process (default CPU
+    allocator), and over the same process with the pool allocator the build uses
+    (TF_CPU_ALLOCATOR_USE_BFC, see amct_targets/quiet.py): the second is the floor of the
+    same runtime, the first what a user's own TF script costs."""
     pb, npz = files[224]
-    fp32 = run(child(["plain_tf", str(pb), str(npz), "32", "1"]))
-    one, reports = build(pb, npz, [TARGET], 32, code)
-    forward = json.loads(fp32["stdout"])["forward_seconds"]
-    quantize = pass_seconds(reports[TARGET], "quantize")
-    return {"fp32": fp32, "fp32_forward_seconds": forward, "build": one,
-            "quantize_pass_seconds": quantize, "quantize_over_forward": quantize / forward,
-            "peak_rss_over_fp32": one["peak_rss_mb"] / fp32["peak_rss_mb"]}
+    fp32_args = child(["plain_tf", str(pb), str(npz), "32", "1"])
+    runs = median_runs({
+        "fp32": lambda: run(fp32_args),
+        "fp32_pool": lambda: run(fp32_args, env_extra={"TF_CPU_ALLOCATOR_USE_BFC": "true"}),
+        "build": lambda: build(pb, npz, [TARGET], 32, code)})
+    forward = median(json.loads(r["stdout"])["forward_seconds"] for r in runs["fp32"])
+    pool = median(json.loads(r["stdout"])["forward_seconds"] for r in runs["fp32_pool"])
+    quantize = median(pass_seconds(r[1][TARGET], "quantize") for r in runs["build"])
+    fp32_rss = median(r["peak_rss_mb"] for r in runs["fp32"])
+    build_rss = median(r[0]["peak_rss_mb"] for r in runs["build"])
+    return {"fp32": {"peak_rss_mb": fp32_rss, "runs": runs["fp32"]},
+            "fp32_pool": {"runs": runs["fp32_pool"]},
+            "fp32_forward_seconds": forward, "fp32_pool_forward_seconds": pool,
+            "build": {"peak_rss_mb": build_rss, "runs": [r[0] for r in runs["build"]]},
+            "quantize_pass_seconds": quantize, "quantize_runs": [
+                pass_seconds(r[1][TARGET], "quantize") for r in runs["build"]],
+            "quantize_over_forward": quantize / forward,
+            "quantize_over_pool_forward": quantize / pool,
+            "peak_rss_over_fp32": build_rss / fp32_rss}
 
 
 def suite_cli(files, code) -> dict:
@@ -280,6 +330,8 @@ RATIOS = [  # (label, goal, suite, path in the suite's result)
      ("build_over_plain_tf",)),
     ("one-target build / TFLite INT8 converter process", "< 1", "ptq", ("build_over_tflite",)),
     ("quantize pass / fp32 forward (224, 4x32)", "<= 1.5", "cost", ("quantize_over_forward",)),
+    ("quantize pass / fp32 forward, same pool allocator (224, 4x32)", "(floor)", "cost",
+     ("quantize_over_pool_forward",)),
     ("build peak RSS / fp32 inference peak RSS (224)", "<= 1.3", "cost",
      ("peak_rss_over_fp32",)),
     ("`targets` / import tensorflow", "<= 0.25", "cli", ("targets", "over_import_tensorflow")),
@@ -297,6 +349,7 @@ SECONDS = [  # (label, suite, path)
     ("plain TF process, load .pb + 4x16 (s)", "ptq", ("plain_tf", "seconds")),
     ("TFLite INT8 converter process (s)", "ptq", ("tflite", "seconds")),
     ("fp32 forward 4x32 at 224, in process (s)", "cost", ("fp32_forward_seconds",)),
+    ("fp32 forward 4x32 at 224, pool allocator (s)", "cost", ("fp32_pool_forward_seconds",)),
     ("quantize pass, 224 4x32 (s)", "cost", ("quantize_pass_seconds",)),
     ("build peak RSS, 224 (MB)", "cost", ("build", "peak_rss_mb")),
     ("fp32 inference peak RSS, 224 (MB)", "cost", ("fp32", "peak_rss_mb")),
