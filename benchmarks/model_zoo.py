@@ -82,31 +82,31 @@ def make_data(name: str, samples: int, seed: int):
     return photo_crops(samples, size, seed=seed, scale=scale)
 
 
-def build_model(name: str):
+def build_model(name: str, seed: int = 0):
     from zoo_small import set_bn_statistics
 
     source, builder, size, _ = ZOO[name]
     if source == "zoo_small":
         import zoo_small
 
-        return set_bn_statistics(getattr(zoo_small, builder)(image=size),
+        return set_bn_statistics(getattr(zoo_small, builder)(image=size, seed=seed),
                                  make_data(name, 64, seed=7))
     if source == "keras_hub":
         import keras
         import keras_hub
 
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(seed)
         return (keras_hub.models.BertBackbone(**BERT) if builder == "BertBackbone"
                 else keras_hub.models.ViTBackbone(**VIT))
     module = __import__(source.split(".")[0])
-    module.utils.set_random_seed(0)
+    module.utils.set_random_seed(seed)
     model = getattr(module.applications, builder)(weights=None, input_shape=(size, size, 3),
                                                   classes=10)
     return set_bn_statistics(model, make_data(name, 64, seed=7))
 
 
-def phase_prepare(name: str, work: Path) -> dict:
-    model = build_model(name)
+def phase_prepare(name: str, work: Path, seed: int = 0) -> dict:
+    model = build_model(name, seed)
     calib, held_out = make_data(name, CALIB, 1), make_data(name, HELD_OUT, 2)
     as_dict = lambda d: d if isinstance(d, dict) else {"x": d}  # noqa: E731
     reference = model(held_out, training=False)
@@ -231,12 +231,12 @@ def phase_tflite(name: str, work: Path, source: str) -> dict:
 def child(args) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.phase == "all":
-        result = run_model(args.model, args.targets, args.memory, args.timeout)
+        result = run_model(args.model, args.targets, args.memory, args.timeout, args.seed)
         print("RESULT " + json.dumps(result, default=str))
         return
     work = Path(args.work)
     if args.phase == "prepare":
-        result = phase_prepare(args.model, work)
+        result = phase_prepare(args.model, work, args.seed)
     elif args.phase == "tflite":
         result = phase_tflite(args.model, work, args.source)
     else:
@@ -259,11 +259,11 @@ def run_phase(model: str, phase: str, work: Path, timeout: int, **extra) -> dict
     return {"error": f"exit {done.returncode}: {tail[:400]}"}
 
 
-def run_model(name: str, targets: str, memory: bool, timeout: int) -> dict:
+def run_model(name: str, targets: str, memory: bool, timeout: int, seed: int = 0) -> dict:
     """All phases of one model, inside one hold of the heavy lock."""
     work = Path(tempfile.mkdtemp(prefix=f"zoo_{name}_"))
-    entry = {"model": name, "input": ZOO[name][2]}
-    prep = run_phase(name, "prepare", work, timeout)
+    entry = {"model": name, "input": ZOO[name][2], "seed": seed}
+    prep = run_phase(name, "prepare", work, timeout, seed=seed)
     entry["prepare"] = prep
     if "error" in prep:
         return entry
@@ -278,7 +278,8 @@ def run_model(name: str, targets: str, memory: bool, timeout: int) -> dict:
 
 def run_locked(name: str, args) -> dict:
     argv = ["flock", LOCK, sys.executable, __file__, "--child", "--model", name, "--phase",
-            "all", "--targets", args.targets, "--timeout", str(args.timeout)]
+            "all", "--targets", args.targets, "--timeout", str(args.timeout),
+            "--seed", str(args.seed)]
     if args.memory and name == "VGG16":
         argv.append("--memory")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
@@ -351,12 +352,47 @@ def write_results(entries: list[dict]) -> None:
     (RESULTS / "model_zoo.md").write_text("\n".join(lines) + "\n")
 
 
+def run_seeds(args) -> None:
+    """The models again with weight seed `args.seed`: ours and TFLite's SQNR per seed, merged
+    with the seed-0 rows of model_zoo.json, in model_zoo_seeds.json / .md."""
+    path = RESULTS / "model_zoo_seeds.json"
+    rows = {(r["model"], r["seed"]): r for r in
+            (json.loads(path.read_text()) if path.exists() else [])}
+    if (RESULTS / "model_zoo.json").exists():
+        for entry in json.loads((RESULTS / "model_zoo.json").read_text()):
+            summary = summary_row(entry)
+            rows.setdefault((entry["model"], 0), {"model": entry["model"], "seed": 0,
+                                                  "sqnr_db": summary.get("sqnr_db"),
+                                                  "tflite_sqnr_db": summary.get("tflite_sqnr_db")})
+    for name in args.models.split(","):
+        summary = summary_row(run_locked(name, args))
+        rows[(name, args.seed)] = {"model": name, "seed": args.seed,
+                                   "sqnr_db": summary.get("sqnr_db"),
+                                   "tflite_sqnr_db": summary.get("tflite_sqnr_db")}
+        print(json.dumps(rows[(name, args.seed)]), flush=True)
+    ordered = sorted(rows.values(), key=lambda r: (list(ZOO).index(r["model"]), r["seed"]))
+    path.write_text(json.dumps(ordered, indent=1) + "\n")
+    lines = ["# Model zoo over weight seeds: ours vs TFLite INT8 SQNR (dB, worst target)", "",
+             "Seed 0 is the zoo table (model_zoo.md). Reproduce: `python benchmarks/"
+             "model_zoo.py --models NAME --seed N`.", "",
+             "| model | seed | ours | TFLite | ours - TFLite |", "|---|---|---|---|---|"]
+    for r in ordered:
+        both = all(isinstance(r[k], (int, float)) for k in ("sqnr_db", "tflite_sqnr_db"))
+        diff = f"{r['sqnr_db'] - r['tflite_sqnr_db']:+.2f}" if both else ""
+        lines.append(f"| {r['model']} | {r['seed']} | {r['sqnr_db']} | {r['tflite_sqnr_db']} | "
+                     f"{diff} |")
+    (RESULTS / "model_zoo_seeds.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ZOO))
     parser.add_argument("--targets", default="all")
     parser.add_argument("--memory", action="store_true", help="one-target VGG16 build too")
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="weight seed of the models; the zoo table is seed 0, other seeds "
+                        "go to model_zoo_seeds.json/md (is a result more than one draw?)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -365,6 +401,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.seed:
+        return run_seeds(args)
     entries = []
     previous = {}
     if (RESULTS / "model_zoo.json").exists():
