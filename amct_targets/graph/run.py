@@ -169,7 +169,8 @@ class GraphRunner:
                 extra["value"] = extend(tf.compat.v1.get_default_graph())
 
         try:
-            wrapped = tf.compat.v1.wrap_function(build, [])
+            with tool_run_options():   # as in compile_graph: nested call ops keep this config
+                wrapped = tf.compat.v1.wrap_function(build, [])
         except (ValueError, TypeError, tf.errors.OpError) as exc:
             raise ModelError(f"{where}: TensorFlow cannot import this graph: "
                              f"{_first_line(exc)}") from None
