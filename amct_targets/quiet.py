@@ -6,7 +6,7 @@ When this import is the process's first, TensorFlow's CPU tensors come from its 
 allocator (TF_CPU_ALLOCATOR_USE_BFC) unless the user set that variable. The default
 allocator hands every large activation to malloc, which maps fresh pages for it and unmaps
 them on free, so each forward pass page-faults and zeroes all of its activation memory
-again: a quarter of a ResNet50 224x32 batch (docs/speed.md). The pool reuses its pages.
+again: ~15% of a ResNet50 224x32 batch (docs/speed.md). The pool reuses its pages.
 The variable is read once, when the allocator is created; it is removed again afterwards,
 so processes the user starts do not inherit it.
 
@@ -33,6 +33,8 @@ def import_tensorflow_quietly() -> None:
         os.environ[POOL_ALLOCATOR] = "true"
     try:
         _import()
+        # The first allocation creates the allocator, which reads the variable then.
+        sys.modules["tensorflow"].zeros([64])
     finally:
         if ours:
             os.environ.pop(POOL_ALLOCATOR, None)
@@ -40,20 +42,18 @@ def import_tensorflow_quietly() -> None:
 
 
 def _import() -> None:
-    """Import TensorFlow with fd 2 silenced, and create its CPU allocator."""
+    """Import TensorFlow with fd 2 silenced."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no real stderr (embedded interpreters): import plainly
-        import tensorflow as tf
-        tf.zeros([64])   # the first allocation creates the allocator (reads the variable)
+        import tensorflow  # noqa: F401
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
+        import tensorflow  # noqa: F401
         from tensorflow.python.grappler import tf_optimizer  # noqa: F401  (loads more C++)
-        tf.zeros([64])   # the first allocation creates the allocator (reads the variable)
     finally:
         os.dup2(saved, 2)
         os.close(saved)
