@@ -358,17 +358,17 @@ def run_seeds(args) -> None:
     path = RESULTS / "model_zoo_seeds.json"
     rows = {(r["model"], r["seed"]): r for r in
             (json.loads(path.read_text()) if path.exists() else [])}
+
+    def row(entry: dict, seed: int) -> dict:
+        summary = summary_row(entry)
+        return {"model": entry["model"], "seed": seed, "sqnr_db": summary.get("sqnr_db"),
+                "tflite_sqnr_db": summary.get("tflite_sqnr_db")}
+
     if (RESULTS / "model_zoo.json").exists():
         for entry in json.loads((RESULTS / "model_zoo.json").read_text()):
-            summary = summary_row(entry)
-            rows.setdefault((entry["model"], 0), {"model": entry["model"], "seed": 0,
-                                                  "sqnr_db": summary.get("sqnr_db"),
-                                                  "tflite_sqnr_db": summary.get("tflite_sqnr_db")})
+            rows.setdefault((entry["model"], 0), row(entry, 0))
     for name in args.models.split(","):
-        summary = summary_row(run_locked(name, args))
-        rows[(name, args.seed)] = {"model": name, "seed": args.seed,
-                                   "sqnr_db": summary.get("sqnr_db"),
-                                   "tflite_sqnr_db": summary.get("tflite_sqnr_db")}
+        rows[(name, args.seed)] = row(run_locked(name, args), args.seed)
         print(json.dumps(rows[(name, args.seed)]), flush=True)
     ordered = sorted(rows.values(), key=lambda r: (list(ZOO).index(r["model"]), r["seed"]))
     path.write_text(json.dumps(ordered, indent=1) + "\n")

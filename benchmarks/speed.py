@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from amct_targets.quiet import POOL_ALLOCATOR   # no TensorFlow import
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "speed"
 RESULTS = HERE / "results"
@@ -231,24 +233,23 @@ def median(values) -> float:
     return float(np.median([float(v) for v in values]))
 
 
+def processes(results: list[dict]) -> dict:
+    """Median seconds and peak RSS of repeated runs of one measured process, and the runs."""
+    return {"seconds": median(r["seconds"] for r in results),
+            "peak_rss_mb": median(r["peak_rss_mb"] for r in results), "runs": results}
+
+
 def suite_all(files, code) -> dict:
     pb, npz = files[160]
     runs = median_runs({"one": lambda: build(pb, npz, [TARGET], 16, code),
                         "all": lambda: build(pb, npz, ["all"], 16, code)})
-    one = [r[0] for r in runs["one"]]
-    every = [r[0] for r in runs["all"]]
-    return {"one_target": {"seconds": median(r["seconds"] for r in one),
-                           "peak_rss_mb": median(r["peak_rss_mb"] for r in one), "runs": one},
-            "all_targets": {"seconds": median(r["seconds"] for r in every),
-                            "peak_rss_mb": median(r["peak_rss_mb"] for r in every),
-                            "runs": every},
-            "targets": sorted(runs["all"][0][1]),
+    one = processes([r[0] for r in runs["one"]])
+    every = processes([r[0] for r in runs["all"]])
+    return {"one_target": one, "all_targets": every, "targets": sorted(runs["all"][0][1]),
             "quantize_pass_seconds_one": median(pass_seconds(r[1][TARGET], "quantize")
                                                 for r in runs["one"]),
-            "all_over_one": median(r["seconds"] for r in every) / median(
-                r["seconds"] for r in one),
-            "all_over_one_peak_rss": median(r["peak_rss_mb"] for r in every) / median(
-                r["peak_rss_mb"] for r in one)}
+            "all_over_one": every["seconds"] / one["seconds"],
+            "all_over_one_peak_rss": every["peak_rss_mb"] / one["peak_rss_mb"]}
 
 
 def suite_ptq(files, code) -> dict:
@@ -256,12 +257,10 @@ def suite_ptq(files, code) -> dict:
     runs = median_runs({"plain": lambda: run(child(["plain_tf", str(pb), str(npz), "16", "0"])),
                         "one": lambda: build(pb, npz, [TARGET], 16, code)[0],
                         "tflite": lambda: run(child(["tflite", str(pb), str(npz)]))})
-    seconds = {name: median(r["seconds"] for r in results) for name, results in runs.items()}
-    return {"plain_tf": {"seconds": seconds["plain"], "runs": runs["plain"]},
-            "one_target": {"seconds": seconds["one"], "runs": runs["one"]},
-            "tflite": {"seconds": seconds["tflite"], "runs": runs["tflite"]},
-            "build_over_plain_tf": seconds["one"] / seconds["plain"],
-            "build_over_tflite": seconds["one"] / seconds["tflite"]}
+    plain, one, tflite = (processes(runs[n]) for n in ("plain", "one", "tflite"))
+    return {"plain_tf": plain, "one_target": one, "tflite": tflite,
+            "build_over_plain_tf": one["seconds"] / plain["seconds"],
+            "build_over_tflite": one["seconds"] / tflite["seconds"]}
 
 
 def suite_cost(files, code) -> dict:
@@ -273,7 +272,7 @@ def suite_cost(files, code) -> dict:
     fp32_args = child(["plain_tf", str(pb), str(npz), "32", "1"])
     runs = median_runs({
         "fp32": lambda: run(fp32_args),
-        "fp32_pool": lambda: run(fp32_args, env_extra={"TF_CPU_ALLOCATOR_USE_BFC": "true"}),
+        "fp32_pool": lambda: run(fp32_args, env_extra={POOL_ALLOCATOR: "true"}),
         "build": lambda: build(pb, npz, [TARGET], 32, code)})
     forward = median(json.loads(r["stdout"])["forward_seconds"] for r in runs["fp32"])
     pool = median(json.loads(r["stdout"])["forward_seconds"] for r in runs["fp32_pool"])
