@@ -123,6 +123,24 @@ def test_simulated_quant_rounds_ties_away_from_zero(tmp_path):
     np.testing.assert_array_equal(got, ops.ref_ascend_quant(x, 2.0, 0))
 
 
+@pytest.mark.parametrize("offset", [-128, -3, 0, 5, 127])
+def test_simulated_quant_equals_the_kernel_next_to_every_tie(tmp_path, offset):
+    # The expansion rounds as sign(x) * floor(|x| + 0.49999997) and clips once with the
+    # offset folded into the bounds; the reference rounds and clips as the C++ kernel does.
+    ties = np.arange(-300, 301, dtype=np.float32) + np.float32(0.5)
+    near = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)),
+                           np.nextafter(ties, np.float32(-np.inf))])
+    special = np.array([0.49999997, -0.49999997, 8388609.0, -8388609.0, 16777217.0, 3e38,
+                        -3e38, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    wide = np.random.default_rng(offset + 200).standard_cauchy(20000).astype(np.float32) * 50
+    x = np.concatenate([near, special, wide]).reshape(1, -1)
+    nodes = [_placeholder("x", x.shape), ops.ascend_quant_node("q", "x", 1.0, offset)]
+    got = _run(tmp_path, nodes, x)
+    want = ops.ref_ascend_quant(x, 1.0, offset)
+    np.testing.assert_array_equal(got, want)
+    assert got.min() == -128 - offset and got.max() == 127 - offset
+
+
 def test_conv_chain_random_data_bit_identical(tmp_path):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((2, 5, 5, 3)) * 3).astype(np.float32)

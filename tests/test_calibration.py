@@ -100,6 +100,33 @@ def test_batch_summary_matches_numpy():
     np.testing.assert_array_equal(small["hist"], [3, 0, 0, 0])
 
 
+def test_one_summary_function_serves_every_shape_with_the_same_numbers():
+    """The calibration function's summaries go through at most two traces (with and
+    without the row split) whatever the shapes, and give what the ops built in place give."""
+    import tensorflow as tf
+
+    from amct_targets.calibration.stats import batch_summary_tensors
+    from amct_targets.quant.calibrate import _summary_function
+
+    rng = np.random.default_rng(3)
+    shapes = [(4, 56, 56, 64), (4, 28, 28, 128), (4, 14, 14, 256), (4, 300), (4, 9, 9, 5),
+              (2, 1024, 1024)]
+    arrays = [rng.standard_t(3, size=s).astype(np.float32) for s in shapes]
+    arrays.append(rng.standard_normal((4, 20, 20, 16)).astype(np.float16))
+    summarize = _summary_function()
+    for x in arrays:
+        for k, bins in ((1, 64), (103, 2048)):
+            size = int(np.prod(x.shape[1:])) * x.shape[0]
+            graph = tf.function(lambda t, k=k, bins=bins: (
+                summarize(t, k, bins, size), batch_summary_tensors(t, k, bins, size)),
+                autograph=False, input_signature=[tf.TensorSpec((None,) + x.shape[1:],
+                                                                tf.as_dtype(x.dtype))])
+            shared, direct = graph(tf.constant(x))
+            for key in direct:
+                np.testing.assert_array_equal(shared[key].numpy(), direct[key].numpy())
+    assert [f.experimental_get_tracing_count() for f in summarize.traced] == [1, 1]
+
+
 def test_k_for_percentile_follows_amct():
     assert k_for_percentile(1_000_000, 0.999999) == 1
     assert k_for_percentile(262_144, 0.9999) == 27

@@ -172,7 +172,7 @@ def test_fidelity_sums_match_float64_numpy():
     1e-6 relative, on a conv-like activation whose simulated twin is 99.99% similar."""
     import tensorflow as tf
 
-    from amct_targets.quant.int8 import _pair_sums
+    from amct_targets.quant.int8 import _pair_sums, _pair_sums_function
 
     rng = np.random.default_rng(3)
     ref = np.maximum(rng.standard_t(4, size=(8, 28, 28, 96)), 0).astype(np.float32) * 7.0
@@ -183,6 +183,11 @@ def test_fidelity_sums_match_float64_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     cosine = got[0] / np.sqrt(got[1] * got[2])
     assert abs(cosine - want[0] / np.sqrt(want[1] * want[2])) < 1e-9
+    # The fidelity's one traced function gives the same numbers for every shape.
+    pair_sums = _pair_sums_function()
+    for x, y in ((ref, act), (ref[:2, :5], act[:2, :5]), (ref[0, 0], act[0, 0])):
+        shared = [float(v) for v in pair_sums(tf.constant(x), tf.constant(y))]
+        assert shared == [float(v) for v in _pair_sums(tf.constant(x), tf.constant(y))]
 
 
 def test_nested_functions_of_tool_graphs_run_without_grappler():

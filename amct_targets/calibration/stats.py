@@ -84,16 +84,24 @@ def row_split(shape, k: int, size: int | None) -> int | None:
     return None if best is None or best[0] >= size else best[1]
 
 
-def _row_extremes(x, flat, k: int, size_hint: int | None):
-    """(rows, row maxima, row minima) of `flat` seen as rows of `cols` (row_split), or None
-    when a plain top-k is as good."""
+def summary_plan(shape, k: int, size: int | None) -> tuple[int, int | None]:
+    """(histogram stride, row-split columns or None) of a tensor of static `shape` holding
+    `size` values a batch: the static choices of `batch_summary_tensors`."""
+    channels = shape[-1] if shape.rank else None
+    return histogram_stride(size, channels), row_split(shape, int(k), size)
+
+
+def _row_extremes(x, flat, k: int, size_hint: int | None, cols=None):
+    """(rows, row maxima, row minima) of `flat` seen as rows of `cols` (row_split, or the
+    `cols` given, possibly a tensor), or None when a plain top-k is as good."""
     import tensorflow as tf
 
-    static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
-    cols = row_split(x.shape, int(k), static)
     if cols is None:
-        return None
-    rows = tf.reshape(flat, [-1, cols])
+        static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
+        cols = row_split(x.shape, int(k), static)
+        if cols is None:
+            return None
+    rows = tf.reshape(flat, tf.stack([-1, cols]) if tf.is_tensor(cols) else [-1, cols])
     return rows, tf.reduce_max(rows, axis=1), tf.reduce_min(rows, axis=1)
 
 
@@ -127,17 +135,23 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     A large tensor is read twice in full (its row maxima and row minima); min and max are the
     extremes of those (the same values, NaN included), the histogram sees a 1M-value sample
     and the top-k only k rows."""
+    static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
+    stride, cols = summary_plan(x.shape, k, static)
+    return summary_ops(x, k, bins, stride, cols)
+
+
+def summary_ops(x, k, bins, stride, cols=None) -> dict:
+    """The ops of `batch_summary_tensors` with its static choices given: `k`, `bins`, the
+    histogram `stride` and the row-split `cols` (None: a plain top-k) may each be a Python
+    int or an int32 scalar tensor, so one traced function serves tensors of every shape."""
     import tensorflow as tf
 
     flat = tf.reshape(tf.cast(x, tf.float32), [-1])
     count = tf.size(flat, out_type=tf.int64)
-    static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
-    channels = x.shape[-1] if x.shape.rank else None
-    stride = histogram_stride(static, channels)
-    sample = flat[::stride] if stride > 1 else flat
-    kept = tf.minimum(tf.constant(int(k), tf.int32), tf.size(flat))
+    sample = flat[::stride] if tf.is_tensor(stride) or stride > 1 else flat
+    kept = tf.minimum(tf.cast(k, tf.int32), tf.size(flat))
     nonempty = count > 0
-    split = _row_extremes(x, flat, k, size_hint)
+    split = None if cols is None else _row_extremes(x, flat, k, None, cols)
     smallest, largest = (flat, flat) if split is None else (split[2], split[1])
     # An empty batch would give min = +inf; 0 keeps the histogram op well defined.
     low = tf.where(nonempty, tf.reduce_min(smallest), 0.0)
@@ -156,7 +170,8 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     factor = tf.where(wide, 0.5, 1.0)
     safe = tf.where(finite, sample * factor, tf.zeros_like(sample))
     limits = tf.where(finite, tf.stack([low, hist_high]) * factor, tf.constant([0.0, 1.0]))
-    hist = tf.histogram_fixed_width(safe, limits, nbins=int(bins), dtype=tf.int64)
+    bins = tf.cast(bins, tf.int32)
+    hist = tf.histogram_fixed_width(safe, limits, nbins=bins, dtype=tf.int64)
     bottom = extreme_values(flat, kept, split, largest=False)
     return {
         "count": count,
@@ -167,7 +182,7 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
         # After a ReLU nothing is below 0 and IFMR clamps min0 to 0 anyway: the batch
         # minimum stands for every bottom value (as before; the values are then exact).
         "bottom": tf.where(low < 0.0, bottom, tf.fill([kept], low)),
-        "hist": tf.where(finite, hist, tf.zeros([int(bins)], tf.int64)),
+        "hist": tf.where(finite, hist, tf.zeros(tf.reshape(bins, [1]), tf.int64)),
     }
 
 

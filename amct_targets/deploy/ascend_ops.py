@@ -160,21 +160,19 @@ def _build_quant(node, e: ExpansionBuilder) -> None:
     if dst not in DST_BITS:
         raise ModelError(f"node '{node.name}' (AscendQuant): dst_type {dst!r} is not INT4/INT8")
     half = 2 ** (DST_BITS[dst] - 1)
-    offset = e.const("offset", np.float32(node.attr["offset"].f))
+    offset = float(node.attr["offset"].f)
     scaled = _times_constant(e, "mul", e.inputs[0], "scale", node.attr["scale"].f)
-    # C round (ties away from zero) from exact float32 steps: sign(x) * (floor|x| + (frac >= .5))
+    # C round (ties away from zero) in two exact float32 steps: sign(x) * floor(|x| + c),
+    # c the largest float32 below 1/2 (checked against the reference on every float32 up to
+    # 2^24; above that every float32 is an integer and |x| + c rounds back to |x|).
     magnitude = e.op("abs", "Abs", [scaled])
-    whole = e.op("floor", "Floor", [magnitude])
-    fraction = e.op("fraction", "Sub", [magnitude, whole])
-    tie_or_more = e.op("half", "GreaterEqual", [fraction, e.const("one_half", np.float32(0.5))])
-    up = e.op("up", "Cast", [tie_or_more], SrcT=type_attr(DT_BOOL),
-              DstT=float_type())
-    rounded = e.op("round", "Mul", [e.op("sign", "Sign", [scaled]),
-                                    e.op("whole_up", "AddV2", [whole, up])])
-    shifted = e.op("add", "AddV2", [rounded, offset])
-    clipped = e.op("clip", "ClipByValue", [shifted, e.const("min", np.float32(-half)),
-                                           e.const("max", np.float32(half - 1))])
-    e.op("sub", "Sub", [clipped, offset])
+    whole = e.op("floor", "Floor", [e.op("add_half", "AddV2", [
+        magnitude, e.const("below_half", np.nextafter(np.float32(0.5), np.float32(0)))])])
+    rounded = e.op("round", "Mul", [e.op("sign", "Sign", [scaled]), whole])
+    # clip(r + offset, -half, half - 1) - offset as one clip: r and offset are integers, so
+    # both forms are exact (a rounded r beyond 2^24 lands on the same bound either way).
+    e.op("clip", "ClipByValue", [rounded, e.const("min", np.float32(-half - offset)),
+                                 e.const("max", np.float32(half - 1 - offset))])
 
 
 def _build_weight_quant(node, e: ExpansionBuilder) -> None:

@@ -101,23 +101,47 @@ def similarity(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float]
     return cosine, sqnr
 
 
-def _pair_sums(reference, actual) -> list:
+def _pair_sums(reference, actual, width=None) -> list:
     """ref.act, ref.ref, act.act and |ref - act|^2 over all elements.
 
-    Products and row sums (rows of the last axis, a few thousand values at most) are float32,
-    the sum of the row sums float64: the same numbers to ~1e-7 relative as float64
-    throughout, at a third of the cost (casting every activation to float64 took half the
-    fidelity run)."""
+    Products and row sums (rows of the last axis, a few thousand values at most; `width`
+    when given, possibly a tensor) are float32, the sum of the row sums float64: the same
+    numbers to ~1e-7 relative as float64 throughout, at a third of the cost (casting every
+    activation to float64 took half the fidelity run)."""
     import tensorflow as tf
 
     dtype = tf.float64 if tf.float64 in (reference.dtype, actual.dtype) else tf.float32
-    last = reference.shape[-1] if reference.shape.rank else None
-    width = int(last) if last else 1
-    ref = tf.reshape(tf.cast(reference, dtype), [-1, width])
-    act = tf.reshape(tf.cast(actual, dtype), [-1, width])
+    if width is None:
+        width = _row_width(reference)
+    shape = tf.stack([-1, width]) if tf.is_tensor(width) else [-1, width]
+    ref = tf.reshape(tf.cast(reference, dtype), shape)
+    act = tf.reshape(tf.cast(actual, dtype), shape)
     diff = ref - act
     return [tf.reduce_sum(tf.cast(tf.reduce_sum(part, axis=1), tf.float64))
             for part in (ref * act, ref * ref, act * act, diff * diff)]
+
+
+def _row_width(tensor) -> int:
+    last = tensor.shape[-1] if tensor.shape.rank else None
+    return int(last) if last else 1
+
+
+def _pair_sums_function():
+    """pair_sums(reference, actual): `_pair_sums` through one TF function for float32 pairs
+    of any shape (the row width an argument), traced once instead of once per distinct
+    shape; other dtypes build their ops in place."""
+    import tensorflow as tf
+
+    tensor = tf.TensorSpec(None, tf.float32)
+    traced = tf.function(_pair_sums, autograph=False, input_signature=[
+        tensor, tensor, tf.TensorSpec([], tf.int32)])
+
+    def pair_sums(reference, actual) -> list:
+        if reference.dtype == actual.dtype == tf.float32:
+            return traced(reference, actual, _row_width(reference))
+        return _pair_sums(reference, actual)
+
+    return pair_sums
 
 
 def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, np.ndarray],
@@ -128,8 +152,6 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
     One function holds both graphs (the simulated one imported under `sim/`, fed by the float
     graph's inputs) and reduces each pair of layer outputs to four float64 sums in the graph,
     so neither model's activations ever reach numpy and the graph is imported once."""
-    import tensorflow as tf
-
     from amct_targets.graph.run import compile_graph, expand_custom_ops, import_into_function
 
     index = GraphIndex(model.graph_def)
@@ -145,8 +167,7 @@ def layer_fidelity(model: Model, deployed: Model, quants, sample: Mapping[str, n
             sums += pair_sums(tensor(f), graph.get_tensor_by_name(f"sim/{s}"))
         return sums
 
-    # One TF function per distinct shape: the ops are built a few times, not once per layer.
-    pair_sums = tf.function(_pair_sums, autograph=False, reduce_retracing=False)
+    pair_sums = _pair_sums_function()   # the sum ops are built once, not once per layer
 
     run = compile_graph(model.graph_def, model.input_names, extend, ops=ops,
                         where=model.source)
