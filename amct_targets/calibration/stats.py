@@ -182,7 +182,7 @@ def summary_ops(x, k, bins, stride, cols=None) -> dict:
         # After a ReLU nothing is below 0 and IFMR clamps min0 to 0 anyway: the batch
         # minimum stands for every bottom value (as before; the values are then exact).
         "bottom": tf.where(low < 0.0, bottom, tf.fill([kept], low)),
-        "hist": tf.where(finite, hist, tf.zeros(tf.reshape(bins, [1]), tf.int64)),
+        "hist": tf.where(finite, hist, tf.zeros_like(hist)),
     }
 
 
