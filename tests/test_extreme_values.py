@@ -22,7 +22,7 @@ class Shape:
 def _extremes(x: np.ndarray, k: int, dynamic: bool):
     import tensorflow as tf
 
-    from amct_targets.calibration.stats import _row_extremes, extreme_values
+    from amct_targets.calibration.stats import _row_extremes, extreme_values, row_split
 
     shape = (None,) + x.shape[1:] if dynamic else x.shape
 
@@ -30,7 +30,8 @@ def _extremes(x: np.ndarray, k: int, dynamic: bool):
     def run(t):
         flat = tf.reshape(t, [-1])
         kept = tf.minimum(k, tf.size(flat))
-        split = _row_extremes(t, flat, k, x.size)
+        cols = row_split(t.shape, k, x.size)
+        split = None if cols is None else _row_extremes(flat, cols)
         return (extreme_values(flat, kept, split, largest=True),
                 extreme_values(flat, kept, split, largest=False))
 

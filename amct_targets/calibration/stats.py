@@ -84,24 +84,21 @@ def row_split(shape, k: int, size: int | None) -> int | None:
     return None if best is None or best[0] >= size else best[1]
 
 
-def summary_plan(shape, k: int, size: int | None) -> tuple[int, int | None]:
-    """(histogram stride, row-split columns or None) of a tensor of static `shape` holding
-    `size` values a batch: the static choices of `batch_summary_tensors`."""
+def summary_plan(shape, k: int, size_hint: int | None = None) -> tuple[int, int | None]:
+    """(histogram stride, row-split columns or None) of a tensor of static `shape`
+    (`size_hint`: its size a batch when the shape is not fully known): the static choices of
+    `batch_summary_tensors`."""
+    size = shape.num_elements() if shape.is_fully_defined() else size_hint
     channels = shape[-1] if shape.rank else None
     return histogram_stride(size, channels), row_split(shape, int(k), size)
 
 
-def _row_extremes(x, flat, k: int, size_hint: int | None, cols=None):
-    """(rows, row maxima, row minima) of `flat` seen as rows of `cols` (row_split, or the
-    `cols` given, possibly a tensor), or None when a plain top-k is as good."""
+def _row_extremes(flat, cols):
+    """(rows, row maxima, row minima) of `flat` seen as rows of `cols` (an int or an int32
+    scalar tensor)."""
     import tensorflow as tf
 
-    if cols is None:
-        static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
-        cols = row_split(x.shape, int(k), static)
-        if cols is None:
-            return None
-    rows = tf.reshape(flat, tf.stack([-1, cols]) if tf.is_tensor(cols) else [-1, cols])
+    rows = tf.reshape(flat, [-1, cols])
     return rows, tf.reduce_max(rows, axis=1), tf.reduce_min(rows, axis=1)
 
 
@@ -135,8 +132,7 @@ def batch_summary_tensors(x, k: int, bins: int, size_hint: int | None = None) ->
     A large tensor is read twice in full (its row maxima and row minima); min and max are the
     extremes of those (the same values, NaN included), the histogram sees a 1M-value sample
     and the top-k only k rows."""
-    static = x.shape.num_elements() if x.shape.is_fully_defined() else size_hint
-    stride, cols = summary_plan(x.shape, k, static)
+    stride, cols = summary_plan(x.shape, k, size_hint)
     return summary_ops(x, k, bins, stride, cols)
 
 
@@ -151,7 +147,7 @@ def summary_ops(x, k, bins, stride, cols=None) -> dict:
     sample = flat[::stride] if tf.is_tensor(stride) or stride > 1 else flat
     kept = tf.minimum(tf.cast(k, tf.int32), tf.size(flat))
     nonempty = count > 0
-    split = None if cols is None else _row_extremes(x, flat, k, None, cols)
+    split = None if cols is None else _row_extremes(flat, cols)
     smallest, largest = (flat, flat) if split is None else (split[2], split[1])
     # An empty batch would give min = +inf; 0 keeps the histogram op well defined.
     low = tf.where(nonempty, tf.reduce_min(smallest), 0.0)

@@ -73,8 +73,7 @@ def _summary_function():
                         autograph=False)
 
     def summarize(x, k: int, bins: int, size: int | None) -> dict:
-        static = x.shape.num_elements() if x.shape.is_fully_defined() else size
-        stride, cols = summary_plan(x.shape, k, static)
+        stride, cols = summary_plan(x.shape, k, size)
         if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
         if cols is None:

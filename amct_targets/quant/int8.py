@@ -113,9 +113,8 @@ def _pair_sums(reference, actual, width=None) -> list:
     dtype = tf.float64 if tf.float64 in (reference.dtype, actual.dtype) else tf.float32
     if width is None:
         width = _row_width(reference)
-    shape = tf.stack([-1, width]) if tf.is_tensor(width) else [-1, width]
-    ref = tf.reshape(tf.cast(reference, dtype), shape)
-    act = tf.reshape(tf.cast(actual, dtype), shape)
+    ref = tf.reshape(tf.cast(reference, dtype), [-1, width])
+    act = tf.reshape(tf.cast(actual, dtype), [-1, width])
     diff = ref - act
     return [tf.reduce_sum(tf.cast(tf.reduce_sum(part, axis=1), tf.float64))
             for part in (ref * act, ref * ref, act * act, diff * diff)]
