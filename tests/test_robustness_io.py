@@ -179,6 +179,19 @@ def test_input_inside_the_output_folder_being_replaced_is_refused(tmp_path, demo
     assert tree_sha(out) == before
 
 
+def test_a_deploy_pb_given_as_the_model_is_named_as_such(tmp_path, demo_pb, demo_calib):
+    """A build's own INT8 output fed back in: one error naming its first AscendQuant node and
+    what to give instead, nothing written (the op library is not loaded in a fresh CLI)."""
+    out = tmp_path / "first"
+    at.build(demo_pb, "ascend310", calib=demo_calib, output_dir=out)
+    deployed = out / "ascend310" / "digits_cnn.pb"
+    run = run_cli_subprocess("build", deployed, "--target", "ascend310",
+                             "--output", tmp_path / "second")
+    assert_one_error(run, f"{deployed}: node '", "is an AscendQuant: this .pb is already an "
+                     "AMCT deploy graph", "build from the float model it came from")
+    assert not (tmp_path / "second").exists()
+
+
 def test_output_folder_inside_or_equal_to_the_input_is_refused(tmp_path, demo_pb, demo_calib):
     import tensorflow as tf
 
