@@ -187,8 +187,9 @@ def test_a_deploy_pb_given_as_the_model_is_named_as_such(tmp_path, demo_pb, demo
     deployed = out / "ascend310" / "digits_cnn.pb"
     run = run_cli_subprocess("build", deployed, "--target", "ascend310",
                              "--output", tmp_path / "second")
-    assert_one_error(run, f"{deployed}: node '", "is an AscendQuant: this .pb is already an "
-                     "AMCT deploy graph", "build from the float model it came from")
+    assert_one_error(run, f"{deployed}: node '", "(AscendQuant) is an Ascend deploy op: this "
+                     ".pb is already an AMCT deploy graph", "build from the float model it came "
+                     "from")
     assert not (tmp_path / "second").exists()
 
 

@@ -82,10 +82,10 @@ def _check_importable(graph_def: "graph_pb2.GraphDef", where: str) -> None:
     deploy = next((n for n in graph_def.node if n.op in OP_TYPES
                    and op_def_registry.get(n.op) is None), None)
     if deploy is not None:
-        raise ModelError(f"{where}: node '{deploy.name}' is an {deploy.op}: this .pb is already "
-                         "an AMCT deploy graph (a build's or AMCT's output), not a float model; "
-                         "build from the float model it came from, or check it for a chip with "
-                         "`amct-targets check PB --target T`")
+        raise ModelError(f"{where}: node '{deploy.name}' ({deploy.op}) is an Ascend deploy op: "
+                         "this .pb is already an AMCT deploy graph (a build's or AMCT's output), "
+                         "not a float model; build from the float model it came from, or check "
+                         "it for a chip with `amct-targets check PB --target T`")
     try:
         with tf.Graph().as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
