@@ -9,7 +9,9 @@ scikit-learn's sample photos; keras-hub backbones built from configs, no presets
   each emitted .pb, and any compute op neither INT8 nor reported as float with a reason;
 - BatchNorms folded / left (with the reasons), ATC-check errors and warnings;
 - SQNR and cosine of the simulated INT8 .pb against float on held-out crops;
-- TFLite full-integer PTQ (int8 builtins, float I/O) on the same calibration data: its SQNR.
+- TFLite full-integer PTQ (int8 builtins, float I/O) on the same calibration data: its SQNR;
+- ours - TFLite in dB with a paired bootstrap 95% interval over the held-out samples (is the
+  difference more than which crops were drawn?).
 Each model runs under `flock /tmp/amct-heavy.lock` (one heavy job at a time on a shared
 machine), each of its phases in its own process: `prepare` builds and saves the model and
 data, `ours` runs amct-targets on the saved file, `tflite` runs the TFLite converter on it. `--memory` adds a one-target build
@@ -35,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 RESULTS = HERE / "results"
-CALIB, HELD_OUT = 32, 32
+CALIB, HELD_OUT = 32, 256
+BOOTSTRAP = 2000  # paired resamples of the held-out samples for the ours - TFLite interval
 LOCK = "/tmp/amct-heavy.lock"
 
 # name: (source, builder, input size, pixel scale the model expects)
@@ -151,9 +154,9 @@ def phase_ours(name: str, work: Path, targets: str, source: str) -> dict:
     result = {"seconds": round(time.perf_counter() - start, 1),
               "peak_rss_mb": round(peak_rss_mb()), "targets": {}}
     held_out = _load_npz(work / "held_out.npz")
-    with np.load(work / "reference.npz") as data:
-        reference = np.concatenate([data[k].ravel() for k in sorted(data.files,
-                                   key=lambda k: int(k.split("_")[1]))])
+    reference = _reference_parts(work)
+    flat_reference = np.concatenate([r.ravel() for r in reference])
+    noise = {}
     for target, report in reports.items():
         pb = out / target / report["artifacts"]["pb"]
         graph_def = read_graph_def(pb, importable=False)
@@ -166,7 +169,9 @@ def phase_ours(name: str, work: Path, targets: str, source: str) -> dict:
         simulate = at.load_simulation(pb, report["outputs"])  # the model's output order
         outputs = simulate(held_out)
         values = list(outputs.values()) if isinstance(outputs, dict) else [outputs]
-        sqnr, cosine = sqnr_cosine(reference, np.concatenate([np.ravel(v) for v in values]))
+        sqnr, cosine = sqnr_cosine(flat_reference,
+                                   np.concatenate([np.ravel(v) for v in values]))
+        noise[target] = per_sample_noise(reference, values)
         result["targets"][target] = {
             "compute_ops": sum(len(v) for v in status.values()),
             "int8": len(status["int8"]),
@@ -177,7 +182,36 @@ def phase_ours(name: str, work: Path, targets: str, source: str) -> dict:
             "atc_warnings": len([c for c in report["checks"]
                                  if c.get("severity") == "warning"]),
             "sqnr_db": round(sqnr, 2), "cosine": round(cosine, 6)}
+    np.savez(work / "noise_ours.npz", **noise)
     return result
+
+
+def _reference_parts(work: Path) -> list[np.ndarray]:
+    """The float outputs, one array per model output (leading axis: held-out sample)."""
+    with np.load(work / "reference.npz") as data:
+        return [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def per_sample_noise(reference: list[np.ndarray], outputs) -> np.ndarray:
+    """Squared error per held-out sample, summed over every output's elements."""
+    return sum(((np.asarray(r, np.float64) - np.asarray(o, np.float64).reshape(r.shape)) ** 2)
+               .reshape(len(r), -1).sum(axis=1) for r, o in zip(reference, outputs))
+
+
+def paired_difference(noise_ours: np.ndarray, noise_tflite: np.ndarray) -> dict:
+    """ours - TFLite SQNR (dB) and its paired bootstrap 95% interval: both tools' errors on
+    the same resampled held-out samples. The signal cancels: the difference is
+    10 log10(sum TFLite noise / sum our noise)."""
+    def diff(a, b):
+        with np.errstate(divide="ignore"):
+            return 10.0 * (np.log10(b) - np.log10(a))
+
+    draws = np.random.default_rng(0).integers(0, len(noise_ours),
+                                              (BOOTSTRAP, len(noise_ours)))
+    spread = diff(noise_ours[draws].sum(axis=1), noise_tflite[draws].sum(axis=1))
+    low, high = np.percentile(spread, [2.5, 97.5])
+    return {"ours_minus_tflite_db": round(float(diff(noise_ours.sum(), noise_tflite.sum())), 2),
+            "ci95_db": [round(float(low), 2), round(float(high), 2)]}
 
 
 def phase_tflite(name: str, work: Path, source: str) -> dict:
@@ -213,17 +247,19 @@ def phase_tflite(name: str, work: Path, source: str) -> dict:
     runner = interpreter.get_signature_runner()
     names = list(runner.get_input_details())
     outputs = []
-    for i in range(count if not isinstance(held_out, dict) else len(held_out[names[0]])):
+    for i in range(len(next(iter(held_out.values())) if isinstance(held_out, dict)
+                       else held_out)):
         feeds = ({k: v[i:i + 1] for k, v in held_out.items()} if isinstance(held_out, dict)
                  else {names[0]: held_out[i:i + 1]})
         result = runner(**feeds)
         outputs.append([result[k] for k in sorted(result)])
     flat = np.concatenate([np.concatenate([o[j] for o in outputs]).ravel()
                            for j in range(len(outputs[0]))])
-    with np.load(work / "reference.npz") as data:
-        reference = np.concatenate([data[k].ravel() for k in sorted(data.files,
-                                   key=lambda k: int(k.split("_")[1]))])
-    sqnr, cosine = sqnr_cosine(reference, flat)
+    reference = _reference_parts(work)
+    sqnr, cosine = sqnr_cosine(np.concatenate([r.ravel() for r in reference]), flat)
+    np.savez(work / "noise_tflite.npz",
+             noise=per_sample_noise(reference, [np.concatenate([o[j] for o in outputs])
+                                                for j in range(len(outputs[0]))]))
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss), "sqnr_db": round(sqnr, 2),
             "cosine": round(cosine, 6)}
 
@@ -273,6 +309,9 @@ def run_model(name: str, targets: str, memory: bool, timeout: int, seed: int = 0
         entry["ours_one_target"] = run_phase(name, "ours", work, timeout, targets="ascend310",
                                              source=prep["source"])
     entry["tflite"] = run_phase(name, "tflite", work, timeout, source=prep["source"])
+    if "targets" in entry["ours"] and "error" not in entry["tflite"]:
+        with np.load(work / "noise_ours.npz") as ours, np.load(work / "noise_tflite.npz") as tfl:
+            entry["vs_tflite"] = {t: paired_difference(ours[t], tfl["noise"]) for t in ours.files}
     return entry
 
 
@@ -305,7 +344,18 @@ def summary_row(entry: dict) -> dict:
             "atc_errors": sum(len(t["atc_errors"]) for t in per),
             "sqnr_db": min(t["sqnr_db"] for t in per), "cosine": min(t["cosine"] for t in per),
             "tflite_sqnr_db": tfl.get("sqnr_db", tfl.get("error")),
-            "tflite_peak_rss_mb": tfl.get("peak_rss_mb")}
+            "tflite_peak_rss_mb": tfl.get("peak_rss_mb"),
+            "vs_tflite": _worst_target_difference(entry)}
+
+
+def _worst_target_difference(entry: dict) -> str | None:
+    """'+d [lo, hi]' for the target with the lowest SQNR (the one the table shows)."""
+    targets, compared = entry["ours"]["targets"], entry.get("vs_tflite") or {}
+    worst = min(targets, key=lambda t: targets[t]["sqnr_db"])
+    if worst not in compared:
+        return None
+    low, high = compared[worst]["ci95_db"]
+    return f"{compared[worst]['ours_minus_tflite_db']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def write_results(entries: list[dict]) -> None:
@@ -314,18 +364,19 @@ def write_results(entries: list[dict]) -> None:
     lines = ["# Model zoo: every architecture built for every target", "",
              "Random weights, BN statistics from training-mode passes over photo crops; "
              f"{CALIB} calibration and {HELD_OUT} held-out samples; SQNR/cosine of the "
-             "simulated INT8 model vs float (worst target). Reproduce: "
-             "`python benchmarks/model_zoo.py --memory`.", "",
+             "simulated INT8 model vs float (worst target); ours - TFLite with its paired "
+             f"bootstrap 95% interval ({BOOTSTRAP} resamples of the held-out samples). "
+             "Reproduce: `python benchmarks/model_zoo.py --memory`.", "",
              "| model | input | build | s | peak RSS MB | INT8/compute ops | float (reported) | "
              "unreported | BN | ATC errors | SQNR dB | cosine | TFLite SQNR dB | "
-             "TFLite peak MB |", "|" + "---|" * 14]
+             "ours - TFLite dB [95% CI] | TFLite peak MB |", "|" + "---|" * 15]
     for entry in entries:
         row = summary_row(entry)
         cells = [entry["model"], entry["input"], row.get("build"), row.get("seconds"),
                  row.get("peak_rss_mb"), row.get("int8"), row.get("float_reported"),
                  row.get("unreported"), row.get("bn"), row.get("atc_errors"),
                  row.get("sqnr_db"), row.get("cosine"), row.get("tflite_sqnr_db"),
-                 row.get("tflite_peak_rss_mb")]
+                 row.get("vs_tflite"), row.get("tflite_peak_rss_mb")]
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     lines += ["", "## Float compute ops and BatchNorms left, with the report's reasons", ""]
     for entry in entries:
@@ -362,23 +413,26 @@ def run_seeds(args) -> None:
     def row(entry: dict, seed: int) -> dict:
         summary = summary_row(entry)
         return {"model": entry["model"], "seed": seed, "sqnr_db": summary.get("sqnr_db"),
-                "tflite_sqnr_db": summary.get("tflite_sqnr_db")}
+                "tflite_sqnr_db": summary.get("tflite_sqnr_db"),
+                "vs_tflite": summary.get("vs_tflite")}
 
     if (RESULTS / "model_zoo.json").exists():
         for entry in json.loads((RESULTS / "model_zoo.json").read_text()):
-            rows.setdefault((entry["model"], 0), row(entry, 0))
+            rows[(entry["model"], 0)] = row(entry, 0)  # seed 0 is always the zoo table
     for name in args.models.split(","):
         rows[(name, args.seed)] = row(run_locked(name, args), args.seed)
         print(json.dumps(rows[(name, args.seed)]), flush=True)
     ordered = sorted(rows.values(), key=lambda r: (list(ZOO).index(r["model"]), r["seed"]))
     path.write_text(json.dumps(ordered, indent=1) + "\n")
     lines = ["# Model zoo over weight seeds: ours vs TFLite INT8 SQNR (dB, worst target)", "",
-             "Seed 0 is the zoo table (model_zoo.md). Reproduce: `python benchmarks/"
-             "model_zoo.py --models NAME --seed N`.", "",
-             "| model | seed | ours | TFLite | ours - TFLite |", "|---|---|---|---|---|"]
+             f"{HELD_OUT} held-out samples; the interval is a paired bootstrap over them. Seed 0 "
+             "is the zoo table (model_zoo.md). Reproduce: `python benchmarks/model_zoo.py "
+             "--models NAME --seed N`.", "",
+             "| model | seed | ours | TFLite | ours - TFLite [95% CI] |", "|---|---|---|---|---|"]
     for r in ordered:
         both = all(isinstance(r[k], (int, float)) for k in ("sqnr_db", "tflite_sqnr_db"))
-        diff = f"{r['sqnr_db'] - r['tflite_sqnr_db']:+.2f}" if both else ""
+        diff = r.get("vs_tflite") or (f"{r['sqnr_db'] - r['tflite_sqnr_db']:+.2f}" if both
+                                      else "")
         lines.append(f"| {r['model']} | {r['seed']} | {r['sqnr_db']} | {r['tflite_sqnr_db']} | "
                      f"{diff} |")
     (RESULTS / "model_zoo_seeds.md").write_text("\n".join(lines) + "\n")
