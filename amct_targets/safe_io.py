@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -216,6 +217,13 @@ class BoundedSafeLoader(yaml.SafeLoader):
         node = super().compose_document()
         check_expansion(node, self.max_nodes, self.max_depth)
         return node
+
+
+# YAML 1.1 (PyYAML) reads `1e-9` and `3E5` as strings: its float needs a dot. YAML 1.2 and
+# JSON read them as numbers, and so does every user who writes `lr: 1e-3`.
+BoundedSafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def load_yaml(text: str, path: str | os.PathLike, what: str, error: ErrorType) -> Any:

@@ -142,3 +142,17 @@ def test_profiles_are_inside_the_installed_package():
     names = sorted(p.name for p in builtin_targets_dir().glob("*.yaml"))
     assert names == ["ascend310.yaml", "ascend310p.yaml", "ascend910.yaml", "ascend910b.yaml",
                      "ascend_common.yaml"]
+
+
+def test_yaml_exponent_floats_are_numbers_as_in_yaml_1_2():
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; configs are read as YAML 1.2 does."""
+    from amct_targets.safe_io import load_yaml
+
+    data = load_yaml("a: 1e-3\nb: -2.5E+4\nc: 3e0\nd: 1e\ne: '1e-3'\nf: 7\ng: 1_0\n", "c.yaml",
+                     "config", ValueError)
+    assert data == {"a": 0.001, "b": -25000.0, "c": 3.0, "d": "1e", "e": "1e-3", "f": 7,
+                    "g": 10}
+    assert type(data["c"]) is float and type(data["f"]) is int
+    import yaml
+
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # PyYAML's own loader is left as it is

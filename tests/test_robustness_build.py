@@ -60,8 +60,9 @@ def test_calibration_data_scaled_by_1e38_is_one_error_not_a_crash(tmp_path, earl
 
 # --- 8: every option that sizes a search is bounded -------------------------------------------
 
-def test_a_tiny_search_step_is_refused_before_any_work(tmp_path, earlier_build):
-    config = _config(tmp_path, "passes:\n  quantize:\n    search_step: 0.000000001\n")
+@pytest.mark.parametrize("step", ["0.000000001", "1e-9"])  # YAML 1.2 exponent form too
+def test_a_tiny_search_step_is_refused_before_any_work(tmp_path, earlier_build, step):
+    config = _config(tmp_path, f"passes:\n  quantize:\n    search_step: {step}\n")
     _build_fails(tmp_path, earlier_build, PB, "--target", "ascend310", "--calib", CALIB,
                  "--config", config, fragments=("search_step", "at most 10000"))
 
