@@ -358,6 +358,16 @@ def _worst_target_difference(entry: dict) -> str | None:
     return f"{compared[worst]['ours_minus_tflite_db']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def _grouped(findings: list[str]) -> str:
+    """'layer: reason' findings as 'N x reason' with the node names in the reason elided, most
+    frequent first."""
+    import re
+    from collections import Counter
+
+    counts = Counter(re.sub(r"'[^']*'", "'...'", f.split(": ", 1)[-1]) for f in findings)
+    return "; ".join(f"{n} x {reason}" for reason, n in counts.most_common())
+
+
 def write_results(entries: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "model_zoo.json").write_text(json.dumps(entries, indent=1, default=str) + "\n")
@@ -384,8 +394,7 @@ def write_results(entries: list[dict]) -> None:
         if not targets:
             continue
         first = next(iter(targets.values()))
-        reasons = sorted({r.split(": ", 1)[-1] for r in first["float_reported"]})
-        bn = sorted({r.split(": ", 1)[-1] for r in first["bn_left"]})
+        reasons, bn = _grouped(first["float_reported"]), _grouped(first["bn_left"])
         if reasons or bn:
             lines.append(f"- **{entry['model']}**: float: {reasons or 'none'}; BN left: "
                          f"{bn or 'none'}")
