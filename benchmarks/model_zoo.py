@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -267,7 +268,8 @@ def phase_tflite(name: str, work: Path, source: str) -> dict:
 def child(args) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.phase == "all":
-        result = run_model(args.model, args.targets, args.memory, args.timeout, args.seed)
+        result = run_model(args.model, args.targets, args.memory, args.timeout, args.seed,
+                           args.keep_work)
         print("RESULT " + json.dumps(result, default=str))
         return
     work = Path(args.work)
@@ -295,9 +297,24 @@ def run_phase(model: str, phase: str, work: Path, timeout: int, **extra) -> dict
     return {"error": f"exit {done.returncode}: {tail[:400]}"}
 
 
-def run_model(name: str, targets: str, memory: bool, timeout: int, seed: int = 0) -> dict:
-    """All phases of one model, inside one hold of the heavy lock."""
+def run_model(name: str, targets: str, memory: bool, timeout: int, seed: int = 0,
+              keep_work: bool = False) -> dict:
+    """All phases of one model, inside one hold of the heavy lock; the work folder (model,
+    data, builds: up to a GB) is removed afterwards unless `keep_work`."""
     work = Path(tempfile.mkdtemp(prefix=f"zoo_{name}_"))
+    try:
+        entry = _run_phases(name, work, targets, memory, timeout, seed)
+    finally:
+        if keep_work:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if keep_work:
+        entry["work"] = str(work)
+    return entry
+
+
+def _run_phases(name, work: Path, targets, memory, timeout, seed) -> dict:
     entry = {"model": name, "input": ZOO[name][2], "seed": seed}
     prep = run_phase(name, "prepare", work, timeout, seed=seed)
     entry["prepare"] = prep
@@ -319,6 +336,8 @@ def run_locked(name: str, args) -> dict:
     argv = ["flock", LOCK, sys.executable, __file__, "--child", "--model", name, "--phase",
             "all", "--targets", args.targets, "--timeout", str(args.timeout),
             "--seed", str(args.seed)]
+    if args.keep_work:
+        argv.append("--keep-work")
     if args.memory and name == "VGG16":
         argv.append("--memory")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
@@ -453,6 +472,8 @@ def main() -> None:
     parser.add_argument("--targets", default="all")
     parser.add_argument("--memory", action="store_true", help="one-target VGG16 build too")
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep each model's work folder (printed; recorded as 'work')")
     parser.add_argument("--seed", type=int, default=0,
                         help="weight seed of the models; the zoo table is seed 0, other seeds "
                         "go to model_zoo_seeds.json/md (is a result more than one draw?)")
