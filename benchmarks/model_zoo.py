@@ -215,13 +215,12 @@ def paired_difference(noise_ours: np.ndarray, noise_tflite: np.ndarray) -> dict:
             "ci95_db": [round(float(low), 2), round(float(high), 2)]}
 
 
-def phase_tflite(name: str, work: Path, source: str) -> dict:
+def tflite_int8(work: Path, source: str) -> bytes:
+    """TFLite full-integer PTQ of the saved model (int8 builtins, float I/O), calibrated on
+    the same samples as ours, one at a time as `representative_dataset`."""
     import tensorflow as tf
-    from zoo_small import sqnr_cosine
 
     calib = _load_npz(work / "calib.npz")
-    held_out = _load_npz(work / "held_out.npz")
-    start = time.perf_counter()
     saved = work / source
     if source.endswith(".keras"):
         import keras
@@ -241,7 +240,16 @@ def phase_tflite(name: str, work: Path, source: str) -> dict:
                 yield [calib[i:i + 1]]
 
     converter.representative_dataset = representative
-    flatbuffer = converter.convert()
+    return converter.convert()
+
+
+def phase_tflite(name: str, work: Path, source: str) -> dict:
+    import tensorflow as tf
+    from zoo_small import sqnr_cosine
+
+    held_out = _load_npz(work / "held_out.npz")
+    start = time.perf_counter()
+    flatbuffer = tflite_int8(work, source)
     seconds = time.perf_counter() - start
     rss = peak_rss_mb()
     interpreter = tf.lite.Interpreter(model_content=flatbuffer)
