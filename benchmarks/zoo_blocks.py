@@ -6,7 +6,7 @@ and for TFLite, on the same held-out crops.
 The model, its calibration and held-out data are model_zoo.py's (`prepare` phase, weight
 seed `--seed`). Ours: the ascend310 build's deploy .pb, run in TensorFlow with the Ascend op
 library (`amct_targets.amct_tensorflow`), each Keras layer matched to the last node of its
-name scope (the AscendDequant of a quantized layer). TFLite: model_zoo's full-integer
+name scope that a node outside the scope reads (the AscendDequant of a quantized layer). TFLite: model_zoo's full-integer
 conversion, interpreted with `experimental_preserve_all_tensors`, each layer matched to the
 tensor of the same name scope and shape, dequantized. Float: the Keras model's layer outputs.
 Results: benchmarks/results/zoo_blocks_<model>.json and .md.
@@ -27,9 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import model_zoo  # noqa: E402
 
-# the node that carries a Keras layer's output, most telling first: its activation, else the
-# AscendDequant of a quantized (folded) layer, else an Add, a swish's Mul or a pooling Mean
-SUFFIXES = ("/Softmax", "/Relu6", "/Relu", "ascend_dequant", "/Add", "/mul_1", "/Mean")
+
 
 
 def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -49,13 +47,16 @@ def ours_tensors(pb: Path, layers: list[str], held_out: np.ndarray) -> dict:
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(pb.read_bytes())
-    names = [n.name for n in graph_def.node]
+    consumers: dict[str, set[str]] = {}
+    for node in graph_def.node:
+        for source in node.input:
+            consumers.setdefault(source.lstrip("^").split(":")[0], set()).add(node.name)
     chosen = {}
-    for layer in layers:
-        scope = [n for n in names if scope_pattern(layer).search(n)]
-        ends = next(([n for n in scope if n.endswith(suffix)] for suffix in SUFFIXES
-                     if any(n.endswith(suffix) for n in scope)), scope)
-        chosen[layer] = ends[-1] if ends else None
+    for layer in layers:  # the layer's output: the last node of its scope read from outside
+        inside = scope_pattern(layer)
+        exits = [n.name for n in graph_def.node if inside.search(n.name) and n.op != "Const"
+                 and any(not inside.search(c) for c in consumers.get(n.name, ()))]
+        chosen[layer] = exits[-1] if exits else None
     graph = tf.Graph()
     with graph.as_default():
         tf.import_graph_def(graph_def, name="")
@@ -98,8 +99,8 @@ def tflite_tensors(flatbuffer: bytes, layers: list[str], shapes: dict,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="EfficientNetB0", choices=[
-        n for n, v in model_zoo.ZOO.items() if v[3] != "tokens"])
+    parser.add_argument("--model", default="EfficientNetB0", choices=[  # saved as .keras
+        n for n, v in model_zoo.ZOO.items() if v[0] in ("keras.applications", "zoo_small")])
     parser.add_argument("--layers", default=r"(project_bn|_add|top_bn)$",
                         help="regex over the Keras layer names to compare")
     parser.add_argument("--seed", type=int, default=0)
@@ -118,6 +119,9 @@ def main() -> None:
         held_out = model_zoo._load_npz(work / "held_out.npz")
         model = keras.models.load_model(work / prep["source"], compile=False)
         layers = [layer.name for layer in model.layers if re.search(args.layers, layer.name)]
+        if not layers:
+            sys.exit(f"zoo_blocks: no layer of {args.model} matches --layers {args.layers!r}; "
+                     f"its layers include {[x.name for x in model.layers[1:8]]}")
         probe = keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
         reference = dict(zip(layers, (np.asarray(t) for t in probe(held_out, training=False))))
         ours = ours_tensors(work / "out" / "ascend310" / "model.pb", layers, held_out)
