@@ -262,13 +262,11 @@ def phase_tflite(name: str, work: Path, source: str) -> dict:
                  else {names[0]: held_out[i:i + 1]})
         result = runner(**feeds)
         outputs.append([result[k] for k in sorted(result)])
-    flat = np.concatenate([np.concatenate([o[j] for o in outputs]).ravel()
-                           for j in range(len(outputs[0]))])
+    per_output = [np.concatenate([o[j] for o in outputs]) for j in range(len(outputs[0]))]
     reference = _reference_parts(work)
-    sqnr, cosine = sqnr_cosine(np.concatenate([r.ravel() for r in reference]), flat)
-    np.savez(work / "noise_tflite.npz",
-             noise=per_sample_noise(reference, [np.concatenate([o[j] for o in outputs])
-                                                for j in range(len(outputs[0]))]))
+    sqnr, cosine = sqnr_cosine(np.concatenate([r.ravel() for r in reference]),
+                               np.concatenate([v.ravel() for v in per_output]))
+    np.savez(work / "noise_tflite.npz", noise=per_sample_noise(reference, per_output))
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss), "sqnr_db": round(sqnr, 2),
             "cosine": round(cosine, 6)}
 

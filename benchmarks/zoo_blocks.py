@@ -6,9 +6,11 @@ and for TFLite, on the same held-out crops.
 The model, its calibration and held-out data are model_zoo.py's (`prepare` phase, weight
 seed `--seed`). Ours: the ascend310 build's deploy .pb, run in TensorFlow with the Ascend op
 library (`amct_targets.amct_tensorflow`), each Keras layer matched to the last node of its
-name scope that a node outside the scope reads (the AscendDequant of a quantized layer). TFLite: model_zoo's full-integer
-conversion, interpreted with `experimental_preserve_all_tensors`, each layer matched to the
-tensor of the same name scope and shape, dequantized. Float: the Keras model's layer outputs.
+name scope that a node outside the scope reads (the AscendDequant of a quantized layer).
+TFLite: model_zoo's full-integer conversion, interpreted with
+`experimental_preserve_all_tensors`, each layer matched to the tensor of the same name scope
+and shape, dequantized (the last layer: the interpreter's float output). Float: the Keras
+model's layer outputs.
 Results: benchmarks/results/zoo_blocks_<model>.json and .md.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,15 +28,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import model_zoo  # noqa: E402
+import model_zoo  # noqa: E402  (puts tests/ on the path)
+from zoo_small import sqnr_cosine  # noqa: E402
 
 
-
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    noise = np.sum((ref - actual.reshape(ref.shape)) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise))
 
 
 def scope_pattern(layer: str) -> re.Pattern:
@@ -128,12 +126,11 @@ def main() -> None:
         tflite = tflite_tensors(flatbuffer, layers, {k: v.shape for k, v in reference.items()},
                                 held_out, model.layers[-1].name)
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
-    rows = [{"layer": k, "ours_db": round(sqnr_db(reference[k], ours[k][1]), 2) if k in ours
-             else None, "tflite_db": round(sqnr_db(reference[k], tflite[k][1]), 2)
-             if k in tflite else None, "ours_node": ours.get(k, (None,))[0],
+    sqnr_db = lambda k, got: round(sqnr_cosine(reference[k], got[k][1])[0], 2)  # noqa: E731
+    rows = [{"layer": k, "ours_db": sqnr_db(k, ours) if k in ours else None,
+             "tflite_db": sqnr_db(k, tflite) if k in tflite else None,
+             "ours_node": ours.get(k, (None,))[0],
              "tflite_tensor": tflite.get(k, (None,))[0]} for k in layers]
     out = HERE / "results" / f"zoo_blocks_{args.model}"
     meta = {"model": args.model, "seed": args.seed, "held_out": len(held_out),
