@@ -32,8 +32,6 @@ import model_zoo  # noqa: E402  (puts tests/ on the path)
 from zoo_small import sqnr_cosine  # noqa: E402
 
 
-
-
 def scope_pattern(layer: str) -> re.Pattern:
     return re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
 
@@ -111,15 +109,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix=f"zoo_blocks_{args.model}_"))
     try:
         prep = model_zoo.phase_prepare(args.model, work, args.seed)
+        model = keras.models.load_model(work / prep["source"], compile=False)
+        layers = [layer.name for layer in model.layers if re.search(args.layers, layer.name)]
+        if not layers:  # before any build or conversion
+            sys.exit(f"zoo_blocks: no layer of {args.model} matches --layers {args.layers!r}; "
+                     f"its layers include {[x.name for x in model.layers[1:8]]}")
         at.build(str(work / prep["source"]), "ascend310", calib=work / "calib.npz",
                  output_dir=work / "out")
         flatbuffer = model_zoo.tflite_int8(work, prep["source"])
         held_out = model_zoo._load_npz(work / "held_out.npz")
-        model = keras.models.load_model(work / prep["source"], compile=False)
-        layers = [layer.name for layer in model.layers if re.search(args.layers, layer.name)]
-        if not layers:
-            sys.exit(f"zoo_blocks: no layer of {args.model} matches --layers {args.layers!r}; "
-                     f"its layers include {[x.name for x in model.layers[1:8]]}")
         probe = keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
         reference = dict(zip(layers, (np.asarray(t) for t in probe(held_out, training=False))))
         ours = ours_tensors(work / "out" / "ascend310" / "model.pb", layers, held_out)
@@ -138,7 +136,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     lines = [f"# {args.model}: SQNR vs float per block, ours (ascend310) and TFLite INT8", "",
              f"Weight seed {args.seed}, {len(held_out)} held-out crops. Reproduce: `python "
-             f"benchmarks/zoo_blocks.py --model {args.model} --layers '{args.layers}'`.", "",
+             f"benchmarks/zoo_blocks.py --model {args.model} --layers '{args.layers}'"
+             f"{f' --seed {args.seed}' if args.seed else ''}`.", "",
              "| layer | ours dB | TFLite dB | ours - TFLite |", "|---|---:|---:|---:|"]
     for r in rows:
         both = r["ours_db"] is not None and r["tflite_db"] is not None
